@@ -1,0 +1,271 @@
+"""Parse the database DSNs New API operators already have.
+
+Accepted forms, as the seed documents them:
+
+* Go MySQL DSN, as go-sql-driver/mysql reads it:
+  ``user:pass@tcp(host:port)/db?charset=utf8mb4&parseTime=True&loc=Local`` or
+  ``user:pass@unix(/run/mysqld/mysqld.sock)/db``. Parsed with the driver's own rules
+  (last ``/`` starts the database name, last ``@`` before it ends the credentials, first
+  ``:`` splits user and password), so passwords may contain ``@ : / ?``.
+* ``postgres://`` / ``postgresql://`` URLs.
+* ``local``: SQLite in the data folder.
+* Any SQLAlchemy URL (``mysql+pymysql://``, ``postgresql+psycopg2://``, ``sqlite:///path``).
+
+The result is a :class:`DatabaseConfig`, a plain value with no SQLAlchemy in it (the
+producer imports this module's package and must stay light). Errors are ``ConfigError``
+naming the variable; the password never appears in a message or a ``repr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .errors import ConfigError
+
+__all__ = ["DatabaseConfig", "parse_dsn"]
+
+# Go DSN parameters and what they become for PyMySQL. Everything else Go accepts is
+# either meaningless here (parseTime, loc: MES stores unix timestamps, never DATETIME)
+# or a session variable; those are ignored and reported in ``ignored_params``.
+_GO_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_IGNORED_GO_PARAMS = frozenset(
+    {
+        "parseTime",
+        "loc",
+        "allowNativePasswords",
+        "allowOldPasswords",
+        "allowCleartextPasswords",
+        "allowAllFiles",
+        "checkConnLiveness",
+        "clientFoundRows",
+        "columnsWithAlias",
+        "interpolateParams",
+        "maxAllowedPacket",
+        "multiStatements",
+        "rejectReadOnly",
+        "serverPubKey",
+        "time_zone",
+        "collation",
+        "charset",
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseConfig:
+    """Where a database lives. ``backend`` is ``mysql``, ``postgresql`` or ``sqlite``."""
+
+    backend: str
+    database: str
+    user: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    host: str | None = None
+    port: int | None = None
+    unix_socket: str | None = None
+    # Driver options (connect_timeout, ssl, sslmode, ...), already mapped for the driver.
+    options: tuple[tuple[str, str], ...] = ()
+    ignored_params: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """A one-line description safe to print: no password."""
+        if self.backend == "sqlite":
+            return f"sqlite:{self.database}"
+        where = self.unix_socket or f"{self.host}:{self.port}"
+        user = f"{self.user}@" if self.user else ""
+        return f"{self.backend}://{user}{where}/{self.database}"
+
+
+def parse_dsn(value: str, *, variable: str, data_dir: str) -> DatabaseConfig:
+    """Parse ``value`` (read from environment variable ``variable``).
+
+    Raises:
+        ConfigError: one line naming ``variable`` and what is wrong with it.
+    """
+    text = value.strip()
+    if not text:
+        raise ConfigError(f"{variable} is empty")
+    if text == "local":
+        return DatabaseConfig(backend="sqlite", database=os.path.join(data_dir, "mes.db"))
+    if "://" in text:
+        return _parse_url(text, variable=variable, data_dir=data_dir)
+    return _parse_go_mysql(text, variable=variable)
+
+
+def _parse_go_mysql(dsn: str, *, variable: str) -> DatabaseConfig:
+    slash = dsn.rfind("/")
+    if slash < 0:
+        raise ConfigError(
+            f"{variable} is not a DSN MES understands: expected user:pass@tcp(host:port)/db, "
+            "postgres://..., a SQLAlchemy URL or 'local'"
+        )
+    left, right = dsn[:slash], dsn[slash + 1 :]
+    user = password = None
+    at = left.rfind("@")
+    if at >= 0:
+        creds, netpart = left[:at], left[at + 1 :]
+        colon = creds.find(":")
+        if colon >= 0:
+            user, password = creds[:colon], creds[colon + 1 :]
+        else:
+            user = creds
+    else:
+        netpart = left
+    net, addr = netpart, ""
+    paren = netpart.find("(")
+    if paren >= 0:
+        if not netpart.endswith(")"):
+            raise ConfigError(f"{variable}: the address after '{netpart[:paren]}(' is missing its ')'")
+        net, addr = netpart[:paren], netpart[paren + 1 : -1]
+    net = net or "tcp"
+    qmark = right.find("?")
+    database, query = (right[:qmark], right[qmark + 1 :]) if qmark >= 0 else (right, "")
+    if not database:
+        raise ConfigError(f"{variable}: no database name after '/'")
+    host = port = sock = None
+    if net == "unix":
+        sock = addr or "/tmp/mysql.sock"
+    elif net in ("tcp", "tcp6"):
+        host, port = _split_host_port(addr or "127.0.0.1:3306", default_port=3306, variable=variable)
+    else:
+        raise ConfigError(f"{variable}: network '{net}' is not supported (use tcp or unix)")
+    options, ignored = _map_go_params(query, variable=variable)
+    return DatabaseConfig(
+        backend="mysql",
+        database=database,
+        user=user or None,
+        password=password,
+        host=host,
+        port=port,
+        unix_socket=sock,
+        options=options,
+        ignored_params=ignored,
+    )
+
+
+def _split_host_port(addr: str, *, default_port: int, variable: str) -> tuple[str, int]:
+    if addr.startswith("["):  # [::1]:3306
+        end = addr.find("]")
+        host, rest = addr[1:end], addr[end + 1 :]
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif addr.count(":") == 1:
+        host, port_text = addr.split(":")
+    else:
+        host, port_text = addr, ""
+    if not port_text:
+        return host or "127.0.0.1", default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{variable}: port '{port_text}' is not a number between 1 and 65535")
+    return host or "127.0.0.1", int(port_text)
+
+
+def _map_go_params(query: str, *, variable: str) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    options: list[tuple[str, str]] = []
+    ignored: list[str] = []
+    for pair in filter(None, query.split("&")):
+        key, _, raw = pair.partition("=")
+        val = unquote(raw)
+        if key in ("timeout", "readTimeout", "writeTimeout"):
+            target = {
+                "timeout": "connect_timeout",
+                "readTimeout": "read_timeout",
+                "writeTimeout": "write_timeout",
+            }
+            options.append((target[key], str(_go_duration(val, key=key, variable=variable))))
+        elif key == "tls":
+            if val in ("true", "skip-verify", "preferred"):
+                options.append(("ssl_mode", val))
+            elif val != "false":
+                ignored.append(key)
+        elif key in _IGNORED_GO_PARAMS:
+            ignored.append(key)
+        else:
+            ignored.append(key)
+    return tuple(options), tuple(ignored)
+
+
+def _go_duration(value: str, *, key: str, variable: str) -> int:
+    match = _GO_DURATION.match(value)
+    if not match:
+        raise ConfigError(f"{variable}: {key}={value!r} is not a Go duration such as 5s or 500ms")
+    seconds = float(match.group(1)) * _DURATION_SCALE[match.group(2)]
+    return max(1, round(seconds))
+
+
+_URL_BACKENDS = {
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "mysql+pymysql": "mysql",
+    "mariadb+pymysql": "mysql",
+    "postgres": "postgresql",
+    "postgresql": "postgresql",
+    "postgresql+psycopg2": "postgresql",
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+}
+
+
+def _parse_url(url: str, *, variable: str, data_dir: str) -> DatabaseConfig:
+    scheme, _, rest = url.partition("://")
+    backend = _URL_BACKENDS.get(scheme.lower())
+    if backend is None:
+        known = ", ".join(sorted({s.split("+")[0] for s in _URL_BACKENDS}))
+        raise ConfigError(f"{variable}: scheme '{scheme}' is not supported (use one of {known})")
+    if backend == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path or path == ":memory:":
+            raise ConfigError(
+                f"{variable}: SQLite needs a file path (sqlite:///path/to/mes.db); ':memory:' is per connection"
+            )
+        return DatabaseConfig(
+            backend="sqlite", database=path if os.path.isabs(path) else os.path.join(data_dir, path)
+        )
+    # The netloc may hold a password with '@', '/' or '?': split on the last '@' before the path.
+    path_start = _path_start(rest)
+    netloc, tail = rest[:path_start], rest[path_start:]
+    at = netloc.rfind("@")
+    creds, hostport = (netloc[:at], netloc[at + 1 :]) if at >= 0 else ("", netloc)
+    user, _, password = creds.partition(":")
+    parts = urlsplit("x://h" + tail)
+    database = unquote(parts.path.lstrip("/"))
+    query = dict(parse_qsl(parts.query))
+    # A socket: PyMySQL's ``?unix_socket=/path``, or libpq's ``?host=/socket/dir`` with no host.
+    sock = query.pop("unix_socket", None)
+    if not hostport and query.get("host", "").startswith("/"):
+        sock = query.pop("host")
+    default_port = 3306 if backend == "mysql" else 5432
+    if sock and not hostport:
+        host, port = None, None
+    else:
+        host, port = _split_host_port(hostport, default_port=default_port, variable=variable)
+    if not database:
+        raise ConfigError(f"{variable}: no database name in the URL path")
+    return DatabaseConfig(
+        backend=backend,
+        database=database,
+        user=unquote(user) or None,
+        password=unquote(password) if password else None,
+        host=host,
+        port=port,
+        unix_socket=sock,
+        options=tuple(sorted(query.items())),
+    )
+
+
+def _path_start(rest: str) -> int:
+    """Index where the URL path starts: the first '/' after the last '@' (or after the host)."""
+    at = rest.rfind("@", 0, _first_slash_after_host(rest))
+    slash = rest.find("/", at + 1)
+    return slash if slash >= 0 else len(rest)
+
+
+def _first_slash_after_host(rest: str) -> int:
+    # The host part never contains '/', so the last '@' that is followed by a host and a
+    # '/' marks the end of the credentials. Scan for '@' candidates from the right.
+    for i in range(len(rest) - 1, -1, -1):
+        if rest[i] == "@" and "/" in rest[i + 1 :]:
+            return i + 1
+    return len(rest)

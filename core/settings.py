@@ -1,0 +1,226 @@
+"""Settings, read from the environment once, at the edge, into frozen values.
+
+Library code takes these objects as arguments and never reads ``os.environ`` itself.
+The names come from the seed (New API's MES): ``MES_SQL_DSN``, ``SQL_DSN``,
+``MES_DAILY_PARTITION``, ``SQL_MAX_IDLE_CONNS``, ``SQL_MAX_OPEN_CONNS``,
+``SQL_MAX_LIFETIME``, ``REDIS_CONN_STRING``, ``TZ``, ``DEBUG``; what MES adds starts
+with ``MES_``. Every problem is a one-line :class:`~mes.core.errors.ConfigError` that
+names the variable and never prints a password.
+
+The sections are separate so that the producer, which runs inside the gateway, reads
+only what it needs (a bad ``MES_SQL_DSN`` is the worker's problem, not the gateway's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zoneinfo
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from .dsn import DatabaseConfig, parse_dsn
+from .errors import ConfigError
+
+__all__ = [
+    "DatabaseSettings",
+    "ProducerSettings",
+    "QueueSettings",
+    "Settings",
+    "WorkerSettings",
+    "load_timezone",
+]
+
+Env = Mapping[str, str]
+
+_TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
+_FALSE = frozenset({"0", "false", "no", "off", "n", "f", ""})
+
+
+def _get(env: Env, name: str) -> str | None:
+    value = env.get(name)
+    return None if value is None else value.strip()
+
+
+def env_bool(env: Env, name: str, default: bool) -> bool:
+    value = _get(env, name)
+    if value is None:
+        return default
+    low = value.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean (use true or false)")
+
+
+def env_int(env: Env, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    value = _get(env, name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a whole number") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(f"{name}={number} is out of range: it must be {bound}")
+    return number
+
+
+def load_timezone(env: Env) -> zoneinfo.ZoneInfo:
+    """The zone whose midnight separates daily tables: ``TZ``, or UTC when unset."""
+    name = (_get(env, "TZ") or "UTC").lstrip(":")
+    if os.path.isabs(name):  # TZ=/usr/share/zoneinfo/Asia/Shanghai
+        marker = "zoneinfo/"
+        name = name.split(marker, 1)[1] if marker in name else name
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"TZ={name!r} is not a known time zone (use an IANA name such as Asia/Shanghai)"
+        ) from None
+
+
+def data_dir(env: Env) -> str:
+    return os.path.abspath(_get(env, "MES_DATA_DIR") or "mes-data")
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueSettings:
+    """Where the queue lives and what it is called."""
+
+    redis_url: str | None  # None: MES runs an embedded Redis (``mes up``) or none is configured
+    queue_name: str = "mes"
+    key_prefix: str = "mes"
+
+    @classmethod
+    def from_env(cls, env: Env) -> QueueSettings:
+        url = _get(env, "REDIS_CONN_STRING") or None
+        if url is not None:
+            scheme = urlsplit(url).scheme
+            if scheme not in ("redis", "rediss", "unix"):
+                raise ConfigError(
+                    f"REDIS_CONN_STRING must be a redis://, rediss:// or unix:// URL (got scheme {scheme or 'none'!r})"
+                )
+        name = _get(env, "MES_QUEUE") or "mes"
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"MES_QUEUE={name!r} may hold only letters, digits, '-' and '_'")
+        return cls(redis_url=url, queue_name=name, key_prefix=name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProducerSettings:
+    """How the in-process producer batches and where it spools."""
+
+    queue: QueueSettings
+    spool_dir: str
+    linger_ms: int = 50  # the longest an event waits in the gateway's memory before a flush
+    batch_max_events: int = 500
+    batch_max_bytes: int = 4 << 20
+    buffer_max_events: int = 50_000  # past this, calls spill straight to the spool
+    buffer_max_bytes: int = 64 << 20
+    direct_job_min_events: int = 200  # a flush this large becomes its own RQ job
+    debug: bool = False
+
+    @classmethod
+    def from_env(cls, env: Env) -> ProducerSettings:
+        base = data_dir(env)
+        return cls(
+            queue=QueueSettings.from_env(env),
+            spool_dir=os.path.abspath(_get(env, "MES_SPOOL_DIR") or os.path.join(base, "spool")),
+            linger_ms=env_int(env, "MES_LINGER_MS", 50, minimum=1, maximum=60_000),
+            batch_max_events=env_int(env, "MES_BATCH_MAX_EVENTS", 500, minimum=1, maximum=100_000),
+            batch_max_bytes=env_int(env, "MES_BATCH_MAX_BYTES", 4 << 20, minimum=1024),
+            buffer_max_events=env_int(env, "MES_BUFFER_MAX_EVENTS", 50_000, minimum=1),
+            buffer_max_bytes=env_int(env, "MES_BUFFER_MAX_BYTES", 64 << 20, minimum=1024),
+            direct_job_min_events=env_int(env, "MES_DIRECT_JOB_MIN_EVENTS", 200, minimum=1),
+            debug=env_bool(env, "DEBUG", False),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseSettings:
+    """The MES database, its pool, and how tables are partitioned by day."""
+
+    db: DatabaseConfig
+    source: str  # which variable the DSN came from, for messages
+    daily_partition: bool
+    timezone: zoneinfo.ZoneInfo
+    max_idle_conns: int = 100
+    max_open_conns: int = 1000
+    max_lifetime: int = 60
+    create_ahead_days: int = 2
+
+    @classmethod
+    def from_env(cls, env: Env) -> DatabaseSettings:
+        base = data_dir(env)
+        source, raw = "MES_SQL_DSN", _get(env, "MES_SQL_DSN")
+        if not raw:
+            source, raw = "SQL_DSN", _get(env, "SQL_DSN")
+        if not raw:
+            source, raw = "MES_SQL_DSN", "local"
+        db = parse_dsn(raw, variable=source, data_dir=base)
+        idle = env_int(env, "SQL_MAX_IDLE_CONNS", 100, minimum=0)
+        open_ = env_int(env, "SQL_MAX_OPEN_CONNS", 1000, minimum=1)
+        if idle > open_:
+            idle = open_  # Go's database/sql does the same: idle never exceeds open
+        return cls(
+            db=db,
+            source=source,
+            daily_partition=env_bool(env, "MES_DAILY_PARTITION", False),
+            timezone=load_timezone(env),
+            max_idle_conns=idle,
+            max_open_conns=open_,
+            max_lifetime=env_int(env, "SQL_MAX_LIFETIME", 60, minimum=0),
+            create_ahead_days=env_int(env, "MES_CREATE_AHEAD_DAYS", 2, minimum=0, maximum=31),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """How workers cut batches out of the staging list and retry jobs."""
+
+    job_max_events: int = 1000
+    drain_linger_ms: int = 200
+    job_timeout: int = 120
+    retention_days: int = 0  # 0: keep everything
+
+    @classmethod
+    def from_env(cls, env: Env) -> WorkerSettings:
+        return cls(
+            job_max_events=env_int(env, "MES_JOB_MAX_EVENTS", 1000, minimum=1, maximum=100_000),
+            drain_linger_ms=env_int(env, "MES_DRAIN_LINGER_MS", 200, minimum=1, maximum=60_000),
+            job_timeout=env_int(env, "MES_JOB_TIMEOUT", 120, minimum=5),
+            retention_days=env_int(env, "MES_RETENTION_DAYS", 0, minimum=0),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything, for the entry points (``mes worker``, ``mes serve``, the CLI)."""
+
+    database: DatabaseSettings
+    producer: ProducerSettings
+    worker: WorkerSettings
+    main_db: DatabaseConfig | None  # New API's SQL_DSN: users and tokens for the read API
+    data_dir: str
+    debug: bool
+
+    @property
+    def queue(self) -> QueueSettings:
+        return self.producer.queue
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> Settings:
+        env = os.environ if env is None else env
+        base = data_dir(env)
+        main_raw = _get(env, "SQL_DSN")
+        return cls(
+            database=DatabaseSettings.from_env(env),
+            producer=ProducerSettings.from_env(env),
+            worker=WorkerSettings.from_env(env),
+            main_db=parse_dsn(main_raw, variable="SQL_DSN", data_dir=base) if main_raw else None,
+            data_dir=base,
+            debug=env_bool(env, "DEBUG", False),
+        )

@@ -1,0 +1,52 @@
+"""The storage core: the MES database, its daily tables, and the exactly-once batch writer.
+
+Everything in MES writes through or reads from this package. ``Storage.open(settings)``
+creates the database if it is missing, the fixed tables, and today's and the next days'
+tables when ``MES_DAILY_PARTITION`` is on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+
+from ..core.days import DayCalendar
+from ..core.settings import DatabaseSettings
+from .catalog import Catalog
+from .engine import bootstrap_database, create_engine_for
+from .writer import BatchDataError, BatchWriter, DeadLetter, WriteResult
+
+__all__ = ["BatchDataError", "BatchWriter", "DeadLetter", "Storage", "WriteResult"]
+
+
+class Storage:
+    """One MES database: engine, catalog of tables, day calendar and writer."""
+
+    def __init__(self, settings: DatabaseSettings, *, clock_ms: Callable[[], int] | None = None) -> None:
+        self.settings = settings
+        self.engine: Engine = create_engine_for(settings)
+        self.catalog = Catalog(self.engine, daily=settings.daily_partition)
+        self.calendar = DayCalendar(settings.timezone, clock_ms)
+        self.writer = BatchWriter(self.engine, self.catalog, self.calendar)
+
+    @classmethod
+    def open(cls, settings: DatabaseSettings, *, clock_ms: Callable[[], int] | None = None) -> Storage:
+        """Bootstrap the database and its tables, then return a ready ``Storage``.
+
+        Raises:
+            ConfigError: the database is missing and cannot be created, or refuses the login.
+            DatabaseUnavailable: the server cannot be reached.
+        """
+        bootstrap_database(settings)
+        storage = cls(settings, clock_ms=clock_ms)
+        storage.catalog.ensure_base()
+        storage.create_ahead()
+        return storage
+
+    def create_ahead(self) -> None:
+        """Create today's and the next ``MES_CREATE_AHEAD_DAYS`` days' tables (partitioned only)."""
+        self.catalog.ensure_ahead(self.calendar.today(), self.settings.create_ahead_days)
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,175 @@
+"""The catalog: which tables exist, and creating the missing ones exactly once.
+
+Known table names are cached per process, so a batch never asks the database's catalog
+whether its day's tables exist; only a day the process has not seen costs a round trip.
+Creation is safe when many workers create the same new day at the same moment: each
+runs ``CREATE TABLE IF NOT EXISTS`` outside the data transaction (MySQL commits DDL
+implicitly), and PostgreSQL's occasional ``UniqueViolation`` on ``pg_type`` from that race
+is treated as "someone else made it" once the table is confirmed to exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterable
+
+from sqlalchemy import Engine, MetaData, Table, inspect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from ..core.log import get_logger
+from .tables import (
+    CHAT_BASE,
+    ERROR_BASE,
+    LEDGER_BASE,
+    DayTables,
+    conversations_table,
+    daily_stats_table,
+    dead_letters_table,
+    parse_day_suffix,
+)
+
+__all__ = ["Catalog", "exact_collation"]
+
+log = get_logger("mes.storage")
+
+
+def exact_collation(engine: Engine) -> str | None:
+    """The byte-exact utf8mb4 collation of a MySQL-family server; None elsewhere."""
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        return None
+    with engine.connect() as conn:
+        version = str(conn.exec_driver_sql("SELECT VERSION()").scalar())
+    if "mariadb" in version.lower():
+        return "utf8mb4_nopad_bin"
+    major = int(version.split(".")[0]) if version[:1].isdigit() else 0
+    return "utf8mb4_0900_bin" if major >= 8 else "utf8mb4_bin"
+
+
+class Catalog:
+    """Tables of one MES database. Thread-safe; one per engine."""
+
+    def __init__(self, engine: Engine, *, daily: bool) -> None:
+        self.engine = engine
+        self.daily = daily
+        self.metadata = MetaData()
+        self.id_collation = exact_collation(engine)
+        ids = self.id_collation
+        self.conversations = conversations_table(self.metadata, ids)
+        self.daily_stats = daily_stats_table(self.metadata, ids)
+        self.dead_letters = dead_letters_table(self.metadata, ids)
+        self._days: dict[dt.date | None, DayTables] = {}
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+        self.created_count = 0  # tables this process created (a metric)
+
+    # -- lookups -------------------------------------------------------------------
+    def day_tables(self, day: dt.date | None) -> DayTables:
+        """The tables that hold ``day`` (the plain tables when partitioning is off). No I/O."""
+        key = day if self.daily else None
+        tables = self._days.get(key)
+        if tables is None:
+            with self._lock:
+                tables = self._days.get(key)
+                if tables is None:
+                    tables = DayTables(key, self.metadata, self.id_collation)
+                    self._days[key] = tables
+        return tables
+
+    def is_known(self, name: str) -> bool:
+        return name in self._known
+
+    def refresh(self) -> set[str]:
+        """Re-read table names from the database (after another process dropped some)."""
+        names = set(inspect(self.engine).get_table_names())
+        with self._lock:
+            self._known = names
+        return names
+
+    def partition_days(self) -> list[dt.date]:
+        """Days that have a daily chat or error table, oldest first (from the catalog)."""
+        days = set()
+        for name in self.refresh():
+            for base in (CHAT_BASE, ERROR_BASE, LEDGER_BASE):
+                day = parse_day_suffix(name, base)
+                if day is not None:
+                    days.add(day)
+        return sorted(days)
+
+    # -- creation ------------------------------------------------------------------
+    def ensure_base(self) -> None:
+        """Create the fixed tables (and the plain history tables when not partitioned)."""
+        self.refresh()
+        fixed = [self.conversations, self.daily_stats, self.dead_letters]
+        if not self.daily:
+            fixed.extend(self.day_tables(None).chat_error_ledger())
+        self._create(fixed)
+
+    def ensure_days(self, days: Iterable[dt.date]) -> None:
+        """Make sure every day's tables exist; one catalog round trip per unseen day."""
+        missing: list[Table] = []
+        for day in set(days):
+            tables = self.day_tables(day)
+            missing.extend(t for t in tables.chat_error_ledger() if t.name not in self._known)
+        if missing:
+            self._create(missing)
+
+    def ensure_ahead(self, today: dt.date, days_ahead: int) -> None:
+        """Create today's and the next ``days_ahead`` days' tables, so midnight finds them ready."""
+        if self.daily:
+            self.ensure_days(today + dt.timedelta(days=i) for i in range(days_ahead + 1))
+
+    def _create(self, tables: list[Table]) -> None:
+        todo = [t for t in tables if t.name not in self._known]
+        if not todo:
+            return
+        dialect = self.engine.dialect
+        for table in todo:
+            statements = [str(CreateTable(table, if_not_exists=True).compile(dialect=dialect))]
+            # Indexes that are not constraints need their own statement; MySQL has no
+            # CREATE INDEX IF NOT EXISTS, so they are only made with a table we created.
+            index_sql = [str(CreateIndex(ix).compile(dialect=dialect)) for ix in table.indexes]
+            self._create_one(table.name, statements, index_sql)
+            with self._lock:
+                self._known.add(table.name)
+
+    def _create_one(self, name: str, create_sql: list[str], index_sql: list[str]) -> None:
+        existed = name in set(inspect(self.engine).get_table_names())
+        if existed:
+            return
+        try:
+            with self.engine.begin() as conn:
+                for sql in create_sql:
+                    conn.exec_driver_sql(sql)
+        except DBAPIError as exc:
+            if not self._exists(name):
+                raise
+            log.debug("table_create_race", table=name, error=str(exc.orig).splitlines()[0])
+            return
+        for sql in index_sql:
+            try:
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(sql)
+            except DBAPIError as exc:  # another process made the same index first
+                if "exist" not in str(exc.orig).lower() and "duplicate" not in str(exc.orig).lower():
+                    raise
+        self.created_count += 1
+        log.info("table_created", table=name)
+
+    def _exists(self, name: str) -> bool:
+        return name in set(inspect(self.engine).get_table_names())
+
+    def drop_day(self, day: dt.date) -> list[str]:
+        """Drop the three tables of ``day``; returns the names that existed."""
+        tables = self.day_tables(day)
+        existing = self.refresh()
+        dropped = []
+        with self.engine.begin() as conn:
+            for table in tables.chat_error_ledger():
+                if table.name in existing:
+                    table.drop(conn)
+                    dropped.append(table.name)
+        with self._lock:
+            self._known.difference_update(dropped)
+        return dropped

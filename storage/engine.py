@@ -1,0 +1,227 @@
+"""Engines for the MES database: URL building, pool settings, and creating the database.
+
+``create_engine_for(settings)`` turns a :class:`~mes.core.settings.DatabaseSettings` into a
+SQLAlchemy engine with the seed's pool variables applied. ``bootstrap_database`` makes
+the database exist: MySQL/MariaDB ``CREATE DATABASE IF NOT EXISTS`` in utf8mb4;
+PostgreSQL ``CREATE DATABASE`` if the role may (else one line saying how); SQLite creates
+the folder and uses WAL.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.pool import NullPool
+
+from ..core.dsn import DatabaseConfig
+from ..core.errors import ConfigError, DatabaseUnavailable
+from ..core.log import get_logger
+from ..core.settings import DatabaseSettings
+
+__all__ = ["bootstrap_database", "create_engine_for", "sqlalchemy_url"]
+
+log = get_logger("mes.storage")
+
+_DRIVERS = {"mysql": "mysql+pymysql", "postgresql": "postgresql+psycopg2", "sqlite": "sqlite+pysqlite"}
+_MYSQL_INT_OPTIONS = frozenset({"connect_timeout", "read_timeout", "write_timeout"})
+
+
+def sqlalchemy_url(db: DatabaseConfig, *, database: str | None = "__same__") -> URL:
+    """The SQLAlchemy URL of ``db``; ``database=None`` gives the server without a database."""
+    name = db.database if database == "__same__" else database
+    if db.backend == "sqlite":
+        return URL.create(_DRIVERS["sqlite"], database=name)
+    query: dict[str, str] = {}
+    if db.backend == "mysql":
+        query["charset"] = "utf8mb4"  # always: emoji and CJK must round-trip whatever the DSN says
+        if db.unix_socket:
+            query["unix_socket"] = db.unix_socket
+    elif db.unix_socket:
+        query["host"] = db.unix_socket
+    for key, value in db.options:
+        if db.backend == "mysql" and key in _MYSQL_INT_OPTIONS | {"ssl_mode"}:
+            continue  # passed as connect_args, not URL text
+        query[key] = value
+    return URL.create(
+        _DRIVERS[db.backend],
+        username=db.user,
+        password=db.password,
+        host=db.host,
+        port=db.port,
+        database=name,
+        query=query,
+    )
+
+
+def _connect_args(db: DatabaseConfig) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    if db.backend == "mysql":
+        args["connect_timeout"] = 10
+        for key, value in db.options:
+            if key in _MYSQL_INT_OPTIONS:
+                args[key] = int(value)
+            elif key == "ssl_mode":
+                # tls=true verifies; skip-verify and preferred encrypt without checking the certificate.
+                args["ssl"] = (
+                    {"check_hostname": value == "true"} if value == "true" else {"ssl_disabled": False}
+                )
+    elif db.backend == "postgresql":
+        if not any(k == "connect_timeout" for k, _ in db.options):
+            args["connect_timeout"] = 10
+    elif db.backend == "sqlite":
+        args["timeout"] = 30  # seconds to wait for the write lock: SQLite has one writer at a time
+    return args
+
+
+def create_engine_for(settings: DatabaseSettings, *, echo: bool = False) -> Engine:
+    """An engine with the seed's pool settings (``SQL_MAX_IDLE_CONNS`` and friends).
+
+    Go's ``database/sql`` has max-open and max-idle; SQLAlchemy's QueuePool has
+    ``pool_size`` (kept idle) and ``max_overflow`` (more, closed when returned), so
+    idle → pool_size and open - idle → max_overflow. ``SQL_MAX_LIFETIME`` → ``pool_recycle``.
+    """
+    db = settings.db
+    kwargs: dict[str, Any] = {
+        "echo": echo,
+        "connect_args": _connect_args(db),
+        "pool_pre_ping": True,
+    }
+    if db.backend == "sqlite":
+        os.makedirs(os.path.dirname(os.path.abspath(db.database)) or ".", exist_ok=True)
+    idle = max(1, settings.max_idle_conns)
+    kwargs["pool_size"] = idle
+    kwargs["max_overflow"] = max(0, settings.max_open_conns - idle)
+    if settings.max_lifetime > 0:
+        kwargs["pool_recycle"] = settings.max_lifetime
+    if db.backend == "mysql":
+        # READ COMMITTED: the writer locks the conversations it touches, then reads their
+        # latest committed state; REPEATABLE READ would read an older snapshot and take gap locks.
+        kwargs["isolation_level"] = "READ COMMITTED"
+    engine = create_engine(sqlalchemy_url(db), **kwargs)
+    if db.backend == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from pysqlite: it would BEGIN lazily (DEFERRED) and a
+        # deferred reader that later writes can fail with "database is locked" at once,
+        # without waiting. The writer begins IMMEDIATE itself; others begin below.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # a committed batch survives a power cut
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("mes_write") else "BEGIN")
+
+
+def bootstrap_database(settings: DatabaseSettings) -> None:
+    """Make sure the MES database exists (created if missing, as the seed promises).
+
+    Raises:
+        ConfigError: PostgreSQL's database is missing and the role may not create it, or
+            the credentials are refused; the message says how to fix it.
+        DatabaseUnavailable: the server cannot be reached.
+    """
+    db = settings.db
+    if db.backend == "sqlite":
+        os.makedirs(os.path.dirname(os.path.abspath(db.database)) or ".", exist_ok=True)
+        return
+    engine = create_engine(sqlalchemy_url(db), connect_args=_connect_args(db), poolclass=NullPool)
+    try:
+        with engine.connect():
+            return
+    except OperationalError as exc:
+        if not _is_unknown_database(db, exc):
+            raise _explain(settings, exc) from None
+    finally:
+        engine.dispose()
+    _create_database(settings)
+
+
+def _is_unknown_database(db: DatabaseConfig, exc: DBAPIError) -> bool:
+    orig = exc.orig
+    if db.backend == "mysql":
+        return bool(getattr(orig, "args", None)) and orig.args[0] == 1049  # type: ignore[union-attr]
+    message = str(orig)
+    return "does not exist" in message and "database" in message
+
+
+def _explain(settings: DatabaseSettings, exc: DBAPIError) -> Exception:
+    db, var = settings.db, settings.source
+    message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    if db.password:
+        message = message.replace(db.password, "***")
+    lowered = message.lower()
+    if (
+        "access denied" in lowered
+        or "password authentication failed" in lowered
+        or ("role" in lowered and "does not exist" in lowered)
+    ):
+        return ConfigError(f"{var}: the server at {db.describe()} refused the credentials: {message}")
+    return DatabaseUnavailable(f"{var}: cannot reach {db.describe()}: {message}")
+
+
+def _create_database(settings: DatabaseSettings) -> None:
+    db, var = settings.db, settings.source
+    if db.backend == "mysql":
+        server = create_engine(
+            sqlalchemy_url(db, database=None), connect_args=_connect_args(db), poolclass=NullPool
+        )
+        quoted = "`" + db.database.replace("`", "``") + "`"
+        try:
+            with server.begin() as conn:
+                conn.execute(
+                    text(
+                        f"CREATE DATABASE IF NOT EXISTS {quoted} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+                    )
+                )
+        except (OperationalError, ProgrammingError) as exc:
+            raise ConfigError(
+                f"{var}: database {db.database!r} does not exist and user {db.user!r} may not create it; "
+                f"run as an admin: CREATE DATABASE {quoted} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+            ) from exc
+        finally:
+            server.dispose()
+        log.info("database_created", backend="mysql", database=db.database)
+        return
+    # PostgreSQL: CREATE DATABASE cannot run in a transaction; connect to the maintenance db.
+    quoted = '"' + db.database.replace('"', '""') + '"'
+    last: Exception | None = None
+    for maintenance in ("postgres", "template1"):
+        server = create_engine(
+            sqlalchemy_url(db, database=maintenance),
+            connect_args=_connect_args(db),
+            poolclass=NullPool,
+            isolation_level="AUTOCOMMIT",
+        )
+        try:
+            with server.connect() as conn:
+                exists = conn.execute(
+                    text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": db.database}
+                ).first()
+                if not exists:
+                    conn.execute(text(f"CREATE DATABASE {quoted} ENCODING 'UTF8' TEMPLATE template0"))
+            log.info("database_created", backend="postgresql", database=db.database)
+            return
+        except (OperationalError, ProgrammingError) as exc:
+            last = exc
+            if "already exists" in str(exc.orig):
+                return  # another process created it at the same moment
+            if isinstance(exc, ProgrammingError):
+                break
+        finally:
+            server.dispose()
+    raise ConfigError(
+        f"{var}: database {db.database!r} does not exist and role {db.user!r} may not create it; "
+        f"run as a superuser: createdb -h {db.host or 'localhost'} -O {db.user or 'postgres'} {db.database}"
+    ) from last

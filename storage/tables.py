@@ -1,0 +1,262 @@
+"""Table definitions: the seed's history tables plus MES's index, rollup, ledger and dead letters.
+
+History tables keep the Go version's names and columns so an operator can point MES at
+the tables they already have (``mes migrate`` adds the columns below that Go lacks):
+
+* ``conversation_histories[_YYYY_MM_DD]``: one row per stored message. MES adds
+  ``event_id`` (the event that stored it), ``seq`` (its position in the request),
+  ``created_at_ms`` (the event's time in ms, for ordering within a second) and
+  ``is_response`` (the row that carries a request's answer and its tokens).
+* ``error_conversation_histories[_YYYY_MM_DD]``: the messages of a failed request, with
+  the error on each row (as the seed does), plus the same three columns.
+* ``mes_event_ledger[_YYYY_MM_DD]``: one row per applied event id: exactly-once. It is
+  partitioned like the history, so an event's ledger row is dropped with its day.
+
+And, not partitioned:
+
+* ``mes_conversations``: one row per (conversation, user): listing without scanning.
+* ``mes_daily_stats``: (user, day, model) → messages, conversations, tokens, errors.
+* ``mes_dead_letters``: events that cannot be stored, with the reason and raw payload.
+
+Names of daily tables come only from :func:`day_suffix` of a ``datetime.date``, never
+from text a user sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+
+__all__ = [
+    "CHAT_BASE",
+    "ERROR_BASE",
+    "LEDGER_BASE",
+    "DayTables",
+    "day_suffix",
+    "parse_day_suffix",
+]
+
+CHAT_BASE = "conversation_histories"
+ERROR_BASE = "error_conversation_histories"
+LEDGER_BASE = "mes_event_ledger"
+
+# MySQL's TEXT stops at 64 KB; LONGTEXT holds 4 GB (the packet size is the real limit).
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+LongBlob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+# 191 characters of utf8mb4 fit the classic 767-byte index prefix, so the keys work on
+# old MySQL row formats too.
+ID_LEN = 191
+
+
+def exact_string(length: int, collation: str | None) -> String:
+    """A VARCHAR that compares byte for byte. MySQL's default collations are case- and
+    trailing-space-insensitive, so 'Conv1', 'conv1' and 'conv1 ' would be one key there
+    and three on PostgreSQL and SQLite. ``collation`` is the server's exact one
+    (``Catalog`` picks it: utf8mb4_nopad_bin on MariaDB, utf8mb4_0900_bin on MySQL 8)."""
+    if collation is None:
+        return String(length)
+    return String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation=collation), "mysql", "mariadb"
+    )
+
+
+MYSQL_TABLE_ARGS = {
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_unicode_ci",
+    "mysql_engine": "InnoDB",
+}
+
+_DAY_RE = re.compile(r"^(\d{4})_(\d{2})_(\d{2})$")
+
+
+def day_suffix(day: dt.date) -> str:
+    """``2026_01_15`` for a date: the only way a daily table name is made."""
+    return day.strftime("%Y_%m_%d")
+
+
+def parse_day_suffix(name: str, base: str) -> dt.date | None:
+    """The date of a daily table called ``{base}_YYYY_MM_DD``, or None if it is not one."""
+    if not name.startswith(base + "_"):
+        return None
+    match = _DAY_RE.match(name[len(base) + 1 :])
+    if not match:
+        return None
+    try:
+        return dt.date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:
+        return None
+
+
+def _history_columns() -> list[Column]:  # type: ignore[type-arg]
+    return [
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("user_id", Integer, nullable=False),
+        Column("created_at", BigInteger, nullable=False),
+    ]
+
+
+def chat_table(name: str, metadata: MetaData, ids: str | None = None) -> Table:
+    return Table(
+        name,
+        metadata,
+        *_history_columns(),
+        Column("updated_at", BigInteger, nullable=False),
+        Column("conversation_id", exact_string(ID_LEN, ids), nullable=False),
+        Column("message_id", exact_string(64, ids), nullable=False),
+        Column("role", String(32), nullable=False),
+        Column("content", LongText),
+        Column("model_name", exact_string(ID_LEN, ids), nullable=False, default=""),
+        Column("token_id", Integer, nullable=False, default=0),
+        Column("channel_id", Integer, nullable=False, default=0),
+        Column("prompt_tokens", Integer, nullable=False, default=0),
+        Column("completion_tokens", Integer, nullable=False, default=0),
+        Column("total_tokens", Integer, nullable=False, default=0),
+        Column("is_stream", Boolean, nullable=False, default=False),
+        Column("finish_reason", String(64)),
+        Column("usage", LongText),
+        Column("other", LongText),
+        Column("ip", String(64)),
+        Column("event_id", exact_string(64, ids), nullable=False),
+        Column("seq", Integer, nullable=False),
+        Column("created_at_ms", BigInteger, nullable=False),
+        # True on the row that carries a request's answer (and its tokens); False on a
+        # message stored from a request's history.
+        Column("is_response", Boolean, nullable=False, default=False),
+        # The one secondary index: it is the dedup key and the read path of a conversation.
+        UniqueConstraint("conversation_id", "message_id", name=f"uq_{name}_msg"),
+        **MYSQL_TABLE_ARGS,
+    )
+
+
+def error_table(name: str, metadata: MetaData, ids: str | None = None) -> Table:
+    return Table(
+        name,
+        metadata,
+        *_history_columns(),
+        Column("conversation_id", exact_string(ID_LEN, ids), nullable=False),
+        Column("message_id", exact_string(64, ids), nullable=False),
+        Column("role", String(32), nullable=False),
+        Column("content", LongText),
+        Column("model_name", exact_string(ID_LEN, ids), nullable=False, default=""),
+        Column("token_id", Integer, nullable=False, default=0),
+        Column("channel_id", Integer, nullable=False, default=0),
+        Column("error_code", Integer, nullable=False, default=0),
+        Column("error_message", LongText),
+        Column("prompt_tokens", Integer, nullable=False, default=0),
+        Column("completion_tokens", Integer, nullable=False, default=0),
+        Column("total_tokens", Integer, nullable=False, default=0),
+        Column("other", LongText),
+        Column("ip", String(64)),
+        Column("event_id", exact_string(64, ids), nullable=False),
+        Column("seq", Integer, nullable=False),
+        Column("created_at_ms", BigInteger, nullable=False),
+        UniqueConstraint("conversation_id", "message_id", name=f"uq_{name}_msg"),
+        **MYSQL_TABLE_ARGS,
+    )
+
+
+def ledger_table(name: str, metadata: MetaData, ids: str | None = None) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("event_id", exact_string(64, ids), primary_key=True),
+        Column("kind", SmallInteger, nullable=False),
+        Column("applied_at", BigInteger, nullable=False),
+        **MYSQL_TABLE_ARGS,
+    )
+
+
+def conversations_table(metadata: MetaData, ids: str | None = None) -> Table:
+    return Table(
+        "mes_conversations",
+        metadata,
+        Column("conversation_id", exact_string(ID_LEN, ids), primary_key=True),
+        Column("user_id", Integer, primary_key=True, autoincrement=False),
+        Column("title", String(255), nullable=False, default=""),
+        Column("first_at_ms", BigInteger, nullable=False),
+        Column("last_at_ms", BigInteger, nullable=False),
+        Column("first_model", exact_string(ID_LEN, ids), nullable=False, default=""),
+        Column("last_model", exact_string(ID_LEN, ids), nullable=False, default=""),
+        Column("message_count", Integer, nullable=False, default=0),
+        Column("event_count", Integer, nullable=False, default=0),
+        Column("error_count", Integer, nullable=False, default=0),
+        Column("prompt_tokens", BigInteger, nullable=False, default=0),
+        Column("completion_tokens", BigInteger, nullable=False, default=0),
+        Column("total_tokens", BigInteger, nullable=False, default=0),
+        Column("models", Text, nullable=False, default="{}"),  # JSON {model: messages}
+        Column("days", Text, nullable=False, default=""),  # "20260115,20260116": the tables it spans
+        Column("created_at", BigInteger, nullable=False),
+        Column("updated_at", BigInteger, nullable=False),
+        Index("ix_mes_conversations_user_last", "user_id", "last_at_ms"),
+        **MYSQL_TABLE_ARGS,
+    )
+
+
+def daily_stats_table(metadata: MetaData, ids: str | None = None) -> Table:
+    return Table(
+        "mes_daily_stats",
+        metadata,
+        Column("user_id", Integer, primary_key=True, autoincrement=False),
+        Column("day", Integer, primary_key=True, autoincrement=False),  # 20260115, in TZ
+        Column("model_name", exact_string(ID_LEN, ids), primary_key=True),
+        Column("messages", BigInteger, nullable=False, default=0),
+        Column("conversations", BigInteger, nullable=False, default=0),
+        Column("requests", BigInteger, nullable=False, default=0),
+        Column("errors", BigInteger, nullable=False, default=0),
+        Column("prompt_tokens", BigInteger, nullable=False, default=0),
+        Column("completion_tokens", BigInteger, nullable=False, default=0),
+        Column("total_tokens", BigInteger, nullable=False, default=0),
+        **MYSQL_TABLE_ARGS,
+    )
+
+
+def dead_letters_table(metadata: MetaData, ids: str | None = None) -> Table:
+    return Table(
+        "mes_dead_letters",
+        metadata,
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("created_at", BigInteger, nullable=False),
+        # blake2b of the payload: the same bad event dead-lettered twice (a retried job, a
+        # re-sent spool) is kept once. Replay deletes the row, so a new failure is recorded anew.
+        Column("fingerprint", String(32), nullable=False, unique=True),
+        Column("event_id", exact_string(64, ids)),
+        Column("batch_id", String(64)),
+        Column("source", String(32), nullable=False, default="worker"),
+        Column("reason", Text, nullable=False),
+        Column("payload", LongBlob, nullable=False),  # raw bytes: whatever arrived, even invalid UTF-8
+        Column("replayed_at", BigInteger),
+        Index("ix_mes_dead_letters_created", "created_at"),
+        **MYSQL_TABLE_ARGS,
+    )
+
+
+class DayTables:
+    """The three tables of one day (or the plain ones when partitioning is off)."""
+
+    __slots__ = ("chat", "day", "error", "ledger", "suffix")
+
+    def __init__(self, day: dt.date | None, metadata: MetaData, ids: str | None = None) -> None:
+        self.day = day
+        self.suffix = "" if day is None else "_" + day_suffix(day)
+        self.chat = chat_table(CHAT_BASE + self.suffix, metadata, ids)
+        self.error = error_table(ERROR_BASE + self.suffix, metadata, ids)
+        self.ledger = ledger_table(LEDGER_BASE + self.suffix, metadata, ids)
+
+    def chat_error_ledger(self) -> tuple[Table, Table, Table]:
+        return (self.chat, self.error, self.ledger)

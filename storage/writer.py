@@ -1,0 +1,330 @@
+"""The batch writer: a batch of validated events into their day tables, exactly once.
+
+One transaction per batch:
+
+1. which event ids the ledger already holds (those are skipped: exactly once);
+2. lock the conversations the rest touch, creating placeholders for new ones, in key
+   order (two writers of the same conversation queue up instead of overwriting each other);
+3. read which candidate message ids already exist (multi-turn dedup, see ``turns``);
+4. plan (pure), then insert: ledger rows first (a concurrent duplicate fails fast on the
+   ledger's primary key), history rows with the backend's bulk path, dead letters;
+5. rewrite the conversation rows and add to the rollups; commit.
+
+The commit is the acknowledgement: a caller may drop its copy of the batch only after
+``write`` returns. Duplicates die on unique keys, never on hope: a race the plan did not
+foresee fails a key and the transaction is run again from step 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from hashlib import blake2b
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine
+
+from ..core.days import DayCalendar
+from ..core.errors import DatabaseUnavailable, MESError
+from ..core.log import get_logger
+from .bulk import Bulk, ErrorKind, bulk_for
+from .catalog import Catalog
+from .plan import (
+    CHAT_COLUMNS,
+    CONVERSATION_COLUMNS,
+    ERROR_COLUMNS,
+    LEDGER_COLUMNS,
+    STATS_COLUMNS,
+    ConversationState,
+    Existing,
+    Prepared,
+    build_plan,
+    lookup_targets,
+    prepare,
+)
+
+__all__ = ["BatchDataError", "BatchWriter", "DeadLetter", "WriteResult"]
+
+log = get_logger("mes.storage")
+
+_CHUNK = 2000  # values per IN list: far below every backend's parameter limit
+_CONV_KEYS = ("conversation_id", "user_id")
+_STATS_KEYS = ("user_id", "day", "model_name")
+_DEAD_COLUMNS = ("created_at", "fingerprint", "event_id", "batch_id", "source", "reason", "payload")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """An event kept aside: its raw bytes and why it could not be stored."""
+
+    payload: bytes
+    reason: str
+    event_id: str | None = None
+    source: str = "worker"
+
+    @property
+    def fingerprint(self) -> str:
+        return blake2b(self.payload, digest_size=16).hexdigest()
+
+
+@dataclasses.dataclass
+class WriteResult:
+    """What one ``write`` did; the worker's canonical log line is made of these."""
+
+    events: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    rows: int = 0
+    error_rows: int = 0
+    dead_lettered: int = 0
+    attempts: int = 0
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(
+            *(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True))
+        )
+
+
+class BatchDataError(MESError):
+    """The database refused a value of this batch (too long, bad encoding, ...).
+
+    Tied to one event, not to the database's health: split the batch to find it.
+    """
+
+
+class BatchWriter:
+    """Writes batches; thread-safe (each call takes its own pooled connection)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        catalog: Catalog,
+        calendar: DayCalendar,
+        *,
+        max_attempts: int = 6,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.calendar = calendar
+        self.bulk: Bulk = bulk_for(engine)
+        self.max_attempts = max_attempts
+        self._sleep = sleep
+
+    # -- public ----------------------------------------------------------------------
+    def write(
+        self,
+        events: Sequence[Mapping[str, Any]],
+        dead_letters: Sequence[DeadLetter] = (),
+        *,
+        batch_id: str | None = None,
+    ) -> WriteResult:
+        """Write ``events`` (dicts that passed ``mes.schemas`` validation) and ``dead_letters``
+        in one transaction; returns after the commit.
+
+        Raises:
+            DatabaseUnavailable: the database could not be reached or stayed locked: retry later.
+            BatchDataError: the database refused a value; ``write_isolating`` finds the event.
+        """
+        prepared: list[Prepared] = []
+        seen: set[str] = set()
+        for raw in events:
+            ev = prepare(raw, self.calendar)
+            if ev.event_id not in seen:
+                seen.add(ev.event_id)
+                prepared.append(ev)
+        if self.catalog.daily:
+            self.catalog.ensure_days({ev.day for ev in prepared})
+        result = WriteResult(events=len(events), duplicates=len(events) - len(prepared))
+        for attempt in range(1, self.max_attempts + 1):
+            result.attempts = attempt
+            try:
+                self._transaction(prepared, dead_letters, batch_id, result)
+                return result
+            except _Retry as retry:
+                if attempt == self.max_attempts:
+                    raise DatabaseUnavailable(
+                        f"gave up after {attempt} attempts: {retry}"
+                    ) from retry.__cause__
+                log.debug("batch_retry", attempt=attempt, reason=str(retry))
+                self._sleep(min(1.0, 0.02 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def write_isolating(
+        self,
+        events: Sequence[Mapping[str, Any]],
+        dead_letters: Sequence[DeadLetter] = (),
+        *,
+        batch_id: str | None = None,
+    ) -> WriteResult:
+        """Like ``write``, but when the database refuses a value, split the batch in halves
+        until the event at fault is alone, and dead-letter it with the database's reason;
+        every other event still commits."""
+        try:
+            return self.write(events, dead_letters, batch_id=batch_id)
+        except BatchDataError as exc:
+            if len(events) <= 1:
+                culprit = [
+                    DeadLetter(
+                        orjson.dumps(raw), f"the database refused this event: {exc}", str(raw.get("event_id"))
+                    )
+                    for raw in events
+                ]
+                result = self.write([], [*dead_letters, *culprit], batch_id=batch_id)
+                result.events = len(events)
+                return result
+            half = len(events) // 2
+            log.info("batch_split", batch_id=batch_id, events=len(events), reason=str(exc)[:200])
+            first = self.write_isolating(events[:half], dead_letters, batch_id=batch_id)
+            return first + self.write_isolating(events[half:], (), batch_id=batch_id)
+
+    # -- the transaction -------------------------------------------------------------
+    def _transaction(
+        self, prepared: list[Prepared], dead: Sequence[DeadLetter], batch_id: str | None, result: WriteResult
+    ) -> None:
+        bulk, catalog = self.bulk, self.catalog
+        conn = self._connect()
+        try:
+            bulk.begin(conn.driver_connection)
+            cur = conn.cursor()
+            now_s = self.calendar.now_ms() // 1000
+            applied = self._ledger_hits(cur, prepared)
+            fresh = [ev for ev in prepared if ev.event_id not in applied]
+            keys = sorted({ev.key for ev in fresh})
+            bulk.create_placeholders(
+                cur, catalog.conversations, CONVERSATION_COLUMNS, _CONV_KEYS,
+                [ConversationState.placeholder(k, now_s) for k in keys],
+            )  # fmt: skip
+            states = self._load_states(cur, keys)
+            existing = self._existing(cur, lookup_targets(fresh, states))
+            plan = build_plan(fresh, states, existing, now_s=now_s, calendar=self.calendar)
+            for day, rows in plan.ledger_rows.items():
+                bulk.insert(cur, catalog.day_tables(day).ledger, LEDGER_COLUMNS, rows)
+            for table_day, keys in plan.chat_deletes.items():
+                bulk.delete_keys(
+                    cur, catalog.day_tables(table_day).chat, ("conversation_id", "message_id"), keys
+                )
+            for day, rows in plan.chat_rows.items():
+                bulk.insert(cur, catalog.day_tables(day).chat, CHAT_COLUMNS, rows)
+            for day, rows in plan.error_rows.items():
+                bulk.insert(cur, catalog.day_tables(day).error, ERROR_COLUMNS, rows)
+            if dead:
+                rows = [
+                    (now_s, d.fingerprint, d.event_id, batch_id, d.source, d.reason, d.payload) for d in dead
+                ]
+                bulk.upsert(cur, catalog.dead_letters, _DEAD_COLUMNS, ("fingerprint",), rows, keep=True)
+            bulk.upsert(cur, catalog.conversations, CONVERSATION_COLUMNS, _CONV_KEYS,
+                        [s.to_row() for s in plan.conversations])  # fmt: skip
+            bulk.upsert(
+                cur, catalog.daily_stats, STATS_COLUMNS, _STATS_KEYS, plan.stats_rows(), add=STATS_COLUMNS[3:]
+            )
+            cur.close()
+            conn.commit()
+        except Exception as exc:
+            self._fail(conn, exc)
+        else:
+            conn.close()
+            result.applied += plan.applied
+            result.duplicates += len(prepared) - len(fresh)
+            result.rows += plan.chat_row_count
+            result.error_rows += plan.error_row_count
+            result.dead_lettered += len(dead)
+
+    def _connect(self) -> Any:
+        try:
+            return self.engine.raw_connection()
+        except Exception as exc:
+            raise DatabaseUnavailable(f"cannot connect to the MES database: {_first_line(exc)}") from exc
+
+    def _fail(self, conn: Any, exc: Exception) -> None:
+        kind = self.bulk.classify(exc)
+        try:
+            conn.rollback()
+        except Exception:  # the connection is gone: make the pool forget it
+            kind = kind if kind in (ErrorKind.DATA, ErrorKind.RETRY) else ErrorKind.UNAVAILABLE
+            conn.invalidate()
+        finally:
+            conn.close()
+        if kind == ErrorKind.RETRY:
+            raise _Retry(_first_line(exc)) from exc
+        if kind == ErrorKind.UNAVAILABLE:
+            raise DatabaseUnavailable(f"the MES database failed: {_first_line(exc)}") from exc
+        if kind == ErrorKind.DATA:
+            raise BatchDataError(_first_line(exc)) from exc
+        raise exc
+
+    # -- reads inside the transaction -------------------------------------------------
+    def _select_in(self, cur: Any, head: str, values: Sequence[Any], tail: str = "") -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for i in range(0, len(values), _CHUNK):
+            chunk = values[i : i + _CHUNK]
+            cur.execute(head + self.bulk.marks(len(chunk)) + tail, tuple(chunk))
+            out.extend(cur.fetchall())
+        return out
+
+    def _ledger_hits(self, cur: Any, prepared: Iterable[Prepared]) -> set[str]:
+        by_day: dict[Any, list[str]] = {}
+        for ev in prepared:
+            by_day.setdefault(ev.day if self.catalog.daily else None, []).append(ev.event_id)
+        hits: set[str] = set()
+        q = self.bulk.q
+        for day, ids in by_day.items():
+            table = self.catalog.day_tables(day).ledger.name
+            rows = self._select_in(
+                cur, f"SELECT {q('event_id')} FROM {q(table)} WHERE {q('event_id')} IN ", ids
+            )
+            hits.update(r[0] for r in rows)
+        return hits
+
+    def _load_states(self, cur: Any, keys: list[tuple[str, int]]) -> dict[tuple[str, int], ConversationState]:
+        if not keys:
+            return {}
+        q = self.bulk.q
+        cols = ", ".join(q(c) for c in CONVERSATION_COLUMNS)
+        head = f"SELECT {cols} FROM {q('mes_conversations')} WHERE {q('conversation_id')} IN "
+        wanted = set(keys)
+        states = {}
+        cids = sorted({k[0] for k in keys})
+        for row in self._select_in(cur, head, cids, self.bulk.lock_suffix()):
+            state = ConversationState.from_row(row)
+            key = (state.conversation_id, state.user_id)
+            if key in wanted:
+                states[key] = state
+        return states
+
+    def _existing(
+        self, cur: Any, targets: Mapping[Any, tuple[set[str], set[str]]]
+    ) -> dict[tuple[str, str], Existing]:
+        found: dict[tuple[str, str], Existing] = {}
+        q = self.bulk.q
+        cols = ", ".join(
+            q(c) for c in ("conversation_id", "message_id", "is_response", "model_name", "created_at_ms")
+        )
+        for day, (cids, mids) in targets.items():
+            tables = self.catalog.day_tables(day)
+            if self.catalog.daily and not self.catalog.is_known(tables.chat.name):
+                continue  # a day dropped by retention holds nothing to collide with
+            cid_list, mid_list = sorted(cids), sorted(mids)
+            for i in range(0, len(mid_list), _CHUNK):
+                chunk = mid_list[i : i + _CHUNK]
+                sql = (
+                    f"SELECT {cols} FROM {q(tables.chat.name)} "
+                    f"WHERE {q('conversation_id')} IN {self.bulk.marks(len(cid_list))} "
+                    f"AND {q('message_id')} IN {self.bulk.marks(len(chunk))}"
+                )
+                cur.execute(sql, (*cid_list, *chunk))
+                for cid, mid, is_response, model, ms in cur.fetchall():
+                    found[(cid, mid)] = Existing(tables.day, bool(is_response), model, ms)
+        return found
+
+
+class _Retry(Exception):
+    """A transient conflict: run the whole transaction again."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__

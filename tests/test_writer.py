@@ -1,0 +1,275 @@
+"""The batch writer on every backend: right table, exactly once, multi-turn dedup, rollups."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Any
+
+import pytest
+from mes.schemas import decode_event
+from mes.storage import Storage
+from sqlalchemy import inspect, text
+
+from .factories import BASE_MS, assert_consistent, chat, conversation, error, event_from_call, sample_calls
+
+
+def rows(storage: Storage, table: str, where: str = "", **params: Any) -> list[dict[str, Any]]:
+    q = storage.engine.dialect.identifier_preparer.quote
+    sql = (
+        f"SELECT * FROM {q(table)}"
+        + (f" WHERE {where}" if where else "")
+        + " ORDER BY created_at_ms, seq, id"
+    )
+    with storage.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(text(sql), params).mappings()]
+
+
+def count(storage: Storage, table: str) -> int:
+    q = storage.engine.dialect.identifier_preparer.quote
+    with storage.engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT COUNT(*) FROM {q(table)}")).scalar_one())
+
+
+def day_table(base: str, day: dt.date) -> str:
+    return f"{base}_{day:%Y_%m_%d}"
+
+
+def test_samples_write_and_rollups_match_recount(backend):
+    """Every sample call is accepted, stored, and the index equals a recount."""
+    storage = backend.storage()
+    events = [decode_event(__import__("orjson").dumps(event_from_call(c))) for c in sample_calls()]
+    result = storage.writer.write(events)
+    assert result.applied == len(events)
+    assert result.rows > 0 and result.error_rows > 0
+    assert_consistent(storage)
+
+
+def test_large_message_with_emoji_and_cjk_round_trips_byte_exact(backend):
+    """A 200 KB message of emoji and CJK comes back byte for byte (MySQL TEXT would stop at 64 KB)."""
+    storage = backend.storage()
+    unit = "中文😀🧑‍💻 mixed ascii\n"
+    content = unit * (200_000 // len(unit.encode()) + 1)
+    assert 200_000 < len(content.encode()) < 210_000
+    ev = chat("conv-big", [{"role": "user", "content": content}], content[::-1])
+    storage.writer.write([ev])
+    stored = rows(storage, day_table("conversation_histories", dt.date(2026, 1, 15)))
+    assert [r["content"] for r in stored] == [content, content[::-1]]
+    assert stored[0]["content"].encode() == content.encode()
+
+
+def test_event_before_midnight_written_after_midnight_lands_in_its_own_day(backend):
+    """23:59:59.999 in Asia/Shanghai, written when the worker's clock says the next day."""
+    tz = "Asia/Shanghai"
+    late_ms = int(
+        dt.datetime(2026, 3, 1, 23, 59, 59, 999000, tzinfo=__import__("zoneinfo").ZoneInfo(tz)).timestamp()
+        * 1000
+    )
+    clock = [late_ms + 5_000]  # the worker runs five seconds after midnight
+    storage = backend.storage(tz=tz, clock_ms=lambda: clock[0])
+    storage.writer.write([chat("conv-midnight", [{"role": "user", "content": "late"}], "ok", ms=late_ms)])
+    assert count(storage, "conversation_histories_2026_03_01") == 2
+    names = set(inspect(storage.engine).get_table_names())
+    assert "conversation_histories_2026_03_02" in names  # created ahead (today), and empty
+    assert count(storage, "conversation_histories_2026_03_02") == 0
+    assert_consistent(storage)
+
+
+def test_eight_concurrent_writers_creating_the_same_new_day_all_commit(backend):
+    """Eight processes' worth of writers (own engine, own catalog cache) race to make a new day."""
+    storages = [backend.storage() for _ in range(8)]
+    new_day_ms = BASE_MS + 40 * 86_400_000  # a day nobody created ahead
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            batch = [
+                chat(f"race-{i}-{j}", [{"role": "user", "content": f"q{j}"}], "a", ms=new_day_ms + j)
+                for j in range(25)
+            ]
+            storages[i].writer.write(batch)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    day = storages[0].calendar.day_of(new_day_ms)
+    assert count(storages[0], day_table("conversation_histories", day)) == 8 * 25 * 2
+    assert_consistent(storages[0])
+
+
+def test_same_batch_twice_changes_nothing(backend):
+    """Exactly once: a replayed batch adds no row and counts nothing twice."""
+    storage = backend.storage()
+    batch = conversation("conv-replay", 3) + [error("conv-replay", [{"role": "user", "content": "boom"}])]
+    first = storage.writer.write(batch)
+    with storage.engine.connect() as conn:
+        before = sorted(map(tuple, conn.execute(text("SELECT * FROM mes_daily_stats")).fetchall()))
+        conv_before = conn.execute(
+            text("SELECT message_count, event_count, error_count, total_tokens FROM mes_conversations")
+        ).fetchall()
+    second = storage.writer.write(batch)
+    assert first.applied == 4 and second.applied == 0 and second.duplicates == 4
+    with storage.engine.connect() as conn:
+        after = sorted(map(tuple, conn.execute(text("SELECT * FROM mes_daily_stats")).fetchall()))
+        conv_after = conn.execute(
+            text("SELECT message_count, event_count, error_count, total_tokens FROM mes_conversations")
+        ).fetchall()
+    assert before == after and conv_before == conv_after
+    # One event again inside a different batch, and twice within one batch: still once.
+    third = storage.writer.write(
+        [batch[1], chat("conv-other", [{"role": "user", "content": "x"}], "y")] + [batch[2]] * 2
+    )
+    assert third.applied == 1
+    assert_consistent(storage)
+
+
+def test_three_turn_conversation_reads_back_each_turn_once(backend):
+    """Three requests, each re-sending the history: 1 system + 3 user + 3 assistant rows, in order."""
+    storage = backend.storage()
+    for ev in conversation("conv-3", 3):
+        storage.writer.write([ev])  # one batch per request, as they would arrive
+    stored = rows(storage, day_table("conversation_histories", dt.date(2026, 1, 15)))
+    assert [(r["role"], r["content"]) for r in stored] == [
+        ("system", "You are terse."),
+        ("user", "question 0 你好 😀"), ("assistant", "answer 0"),
+        ("user", "question 1 你好 😀"), ("assistant", "answer 1"),
+        ("user", "question 2 你好 😀"), ("assistant", "answer 2"),
+    ]  # fmt: skip
+    assert sum(r["total_tokens"] for r in stored) == 90
+    assert_consistent(storage)
+
+
+def test_three_turns_in_one_batch_and_out_of_order_store_each_turn_once(backend):
+    """The same chat arriving in one batch, and in reverse order, still stores every turn once."""
+    storage = backend.storage()
+    events = conversation("conv-batch", 3)
+    storage.writer.write(events)
+    storage2 = storage
+    reversed_events = conversation("conv-rev", 3)
+    for ev in reversed(reversed_events):
+        storage2.writer.write([ev])
+    for cid in ("conv-batch", "conv-rev"):
+        stored = rows(
+            storage, day_table("conversation_histories", dt.date(2026, 1, 15)), "conversation_id = :c", c=cid
+        )
+        roles = [r["role"] for r in stored]
+        assert roles.count("user") == 3 and roles.count("assistant") == 3, (cid, roles)
+        assert [r["content"] for r in stored if r["role"] == "assistant"] == [
+            "answer 0",
+            "answer 1",
+            "answer 2",
+        ]
+    assert_consistent(storage)
+
+
+def test_regenerated_answer_is_a_new_row_but_the_question_is_not(backend):
+    """Regenerate: same history, a new answer (even an identical one) is its own request."""
+    storage = backend.storage()
+    ask = [{"role": "user", "content": "pick a number"}]
+    storage.writer.write([chat("conv-regen", ask, "7", ms=BASE_MS)])
+    storage.writer.write([chat("conv-regen", ask, "7", ms=BASE_MS + 1000)])
+    storage.writer.write([chat("conv-regen", ask, "42", ms=BASE_MS + 2000)])
+    stored = rows(storage, day_table("conversation_histories", dt.date(2026, 1, 15)))
+    assert [(r["role"], r["content"]) for r in stored] == [
+        ("user", "pick a number"),
+        ("assistant", "7"),
+        ("assistant", "7"),
+        ("assistant", "42"),
+    ]
+    assert len({r["message_id"] for r in stored}) == 4
+    assert_consistent(storage)
+
+
+def test_partitioning_off_uses_the_two_plain_tables(backend):
+    storage = backend.storage(daily=False)
+    storage.writer.write(
+        conversation("conv-plain", 2) + [error("conv-plain", [{"role": "user", "content": "x"}])]
+    )
+    names = set(inspect(storage.engine).get_table_names())
+    assert {"conversation_histories", "error_conversation_histories"} <= names
+    assert not any(n.startswith("conversation_histories_") for n in names)
+    assert count(storage, "conversation_histories") == 5
+    assert count(storage, "error_conversation_histories") == 1
+    assert_consistent(storage)
+
+
+def test_conversation_ids_differing_in_case_or_trailing_space_stay_apart(backend):
+    """MySQL's default collations would merge 'Conv', 'conv' and 'conv ' into one key."""
+    storage = backend.storage()
+    storage.writer.write(
+        [chat(cid, [{"role": "user", "content": "hi"}], "yo") for cid in ("Conv", "conv", "conv ")]
+    )
+    with storage.engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM mes_conversations")).scalar_one() == 3
+    assert_consistent(storage)
+
+
+def test_error_event_keeps_its_request_and_counts_once(backend):
+    storage = backend.storage()
+    events = conversation("conv-e", 1)
+    history = events[0]["messages"] + [
+        {"role": "assistant", "content": "answer 0"},
+        {"role": "user", "content": "and then?"},
+    ]
+    storage.writer.write(events + [error("conv-e", history, ms=BASE_MS + 60_000)])
+    stored = rows(storage, day_table("error_conversation_histories", dt.date(2026, 1, 15)))
+    assert [(r["role"], r["content"], r["error_code"]) for r in stored] == [("user", "and then?", 429)]
+    assert_consistent(storage)
+
+
+def test_same_user_and_conversation_id_of_two_users_are_two_conversations(backend):
+    storage = backend.storage()
+    storage.writer.write(
+        [chat("shared-id", [{"role": "user", "content": "hi"}], "a", user_id=u) for u in (1, 2)]
+    )
+    with storage.engine.connect() as conn:
+        assert (
+            conn.execute(
+                text("SELECT COUNT(*) FROM mes_conversations WHERE conversation_id = 'shared-id'")
+            ).scalar_one()
+            == 2
+        )
+    assert count(storage, day_table("conversation_histories", dt.date(2026, 1, 15))) == 4
+    assert_consistent(storage)
+
+
+def test_value_the_database_refuses_dead_letters_that_event_only(server_backend):
+    """A batch whose transaction fails on one event's value is split: the rest commit."""
+    storage = server_backend.storage()
+    batch = [chat(f"c{i}", [{"role": "user", "content": "q"}], "a") for i in range(9)]
+    bad = chat("c-bad", [{"role": "user", "content": "q"}], "a")
+    bad["response"]["choices"][0]["finish_reason"] = (
+        "x" * 100
+    )  # over the column's 64 (validation says so too)
+    result = storage.writer.write_isolating(batch[:4] + [bad] + batch[4:], batch_id="b1")
+    assert result.applied == 9 and result.dead_lettered == 1
+    with storage.engine.connect() as conn:
+        reason, event_id = conn.execute(text("SELECT reason, event_id FROM mes_dead_letters")).one()
+    assert event_id == bad["event_id"] and "refused" in reason
+    assert_consistent(storage)
+
+
+@pytest.mark.parametrize("daily", [True, False])
+def test_tools_and_content_parts_are_stored_losslessly(backend, daily):
+    storage = backend.storage(daily=daily)
+    calls = {c["name"]: c for c in sample_calls()}
+    vision = event_from_call(calls["vision: content parts"])
+    tools = event_from_call(calls["tool call round trip"])
+    storage.writer.write([vision, tools])
+    table = "conversation_histories" + ("_2026_01_15" if daily else "")
+    by_conv = {r["conversation_id"]: r for r in rows(storage, table) if r["role"] == "user"}
+    import orjson
+
+    assert orjson.loads(by_conv["conv_vision_1"]["content"]) == vision["messages"][0]["content"]
+    assert orjson.loads(by_conv["conv_vision_1"]["other"]) == {"content_json": True}
+    tool_rows = [r for r in rows(storage, table) if r["conversation_id"] == "conv_tools_1"]
+    assert [r["role"] for r in tool_rows] == ["user", "assistant", "tool", "assistant"]
+    assert orjson.loads(tool_rows[1]["other"])["tool_calls"][0]["id"] == "call_abc"
+    assert orjson.loads(tool_rows[2]["other"]) == {"tool_call_id": "call_abc"}
