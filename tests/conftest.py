@@ -27,7 +27,8 @@ from sqlalchemy.pool import NullPool
 REQUIRE_ALL = os.environ.get("MES_TEST_REQUIRE_ALL", "") not in ("", "0", "false")
 BACKENDS = ("sqlite", "mysql", "postgresql")
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-TEST_DB = f"mes_test_{_WORKER}"
+# MES_TEST_DB_SUFFIX keeps two test runs on one machine out of each other's database.
+TEST_DB = f"mes_test_{os.environ.get('MES_TEST_DB_SUFFIX') or _WORKER}"
 DSN_TEMPLATES = {
     "mysql": os.environ.get("MES_TEST_MYSQL", "root:@tcp(127.0.0.1:3306)/{db}"),
     "postgresql": os.environ.get("MES_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/{db}"),
