@@ -92,7 +92,10 @@ class QueueSettings:
 
     redis_url: str | None  # None: MES runs an embedded Redis (``mes up``) or none is configured
     queue_name: str = "mes"
-    key_prefix: str = "mes"
+    # Seconds between retries of a failed batch job; after the last one it waits in RQ's
+    # failed registry for ``mes replay``. Default: a minute of blips, then hours.
+    retry_intervals: tuple[int, ...] = (2, 5, 15, 30, 60, 180, 600, 1800)
+    job_timeout: int = 60
 
     @classmethod
     def from_env(cls, env: Env) -> QueueSettings:
@@ -106,7 +109,23 @@ class QueueSettings:
         name = _get(env, "MES_QUEUE") or "mes"
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"MES_QUEUE={name!r} may hold only letters, digits, '-' and '_'")
-        return cls(redis_url=url, queue_name=name, key_prefix=name)
+        raw = _get(env, "MES_RETRY_INTERVALS")
+        intervals = cls.retry_intervals
+        if raw:
+            try:
+                intervals = tuple(int(x) for x in raw.split(",") if x.strip())
+            except ValueError:
+                raise ConfigError(
+                    f"MES_RETRY_INTERVALS={raw!r} must be seconds separated by commas, e.g. 2,5,15"
+                ) from None
+            if any(i < 0 for i in intervals):
+                raise ConfigError(f"MES_RETRY_INTERVALS={raw!r} must not hold negative numbers")
+        return cls(
+            redis_url=url,
+            queue_name=name,
+            retry_intervals=intervals,
+            job_timeout=env_int(env, "MES_JOB_TIMEOUT", 60, minimum=5, maximum=3600),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +202,7 @@ class WorkerSettings:
 
     job_max_events: int = 1000
     drain_linger_ms: int = 200
-    job_timeout: int = 120
+    maintenance_interval: int = 15
     retention_days: int = 0  # 0: keep everything
 
     @classmethod
@@ -191,7 +210,7 @@ class WorkerSettings:
         return cls(
             job_max_events=env_int(env, "MES_JOB_MAX_EVENTS", 1000, minimum=1, maximum=100_000),
             drain_linger_ms=env_int(env, "MES_DRAIN_LINGER_MS", 200, minimum=1, maximum=60_000),
-            job_timeout=env_int(env, "MES_JOB_TIMEOUT", 120, minimum=5),
+            maintenance_interval=env_int(env, "MES_MAINTENANCE_INTERVAL", 15, minimum=1, maximum=3600),
             retention_days=env_int(env, "MES_RETENTION_DAYS", 0, minimum=0),
         )
 

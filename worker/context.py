@@ -1,0 +1,66 @@
+"""What a worker process holds for its whole life: settings, the database pool, Redis.
+
+RQ calls the job function with the batch id only; the function finds the process's
+context here. ``mes worker`` installs it before the work loop, so every job of the
+process reuses one database pool (RQ's forking worker would open a connection per job).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from redis import Redis
+from rq import Queue
+
+from ..core.queue import Keys, make_queue
+from ..core.settings import Settings
+from ..storage import Storage
+from .safety import MESJob
+
+__all__ = ["WorkerContext", "current", "install"]
+
+
+@dataclasses.dataclass
+class WorkerContext:
+    settings: Settings
+    storage: Storage
+    redis: Redis
+    keys: Keys
+    queue: Queue
+
+    @classmethod
+    def build(cls, settings: Settings, redis: Redis, storage: Storage | None = None) -> WorkerContext:
+        name = settings.queue.queue_name
+        return cls(
+            settings=settings,
+            storage=storage if storage is not None else Storage.open(settings.database),
+            redis=redis,
+            keys=Keys(name),
+            queue=make_queue(redis, name, job_class=MESJob),
+        )
+
+    def close(self) -> None:
+        self.storage.close()
+
+
+_current: WorkerContext | None = None
+_lock = threading.Lock()
+
+
+def install(context: WorkerContext | None) -> None:
+    """Make ``context`` the one job functions of this process use (None removes it)."""
+    global _current
+    with _lock:
+        _current = context
+
+
+def current() -> WorkerContext:
+    """The installed context.
+
+    Raises:
+        RuntimeError: the job runs in a process that is not a MES worker.
+    """
+    if _current is None:
+        raise RuntimeError("no MES worker context in this process: run jobs with `mes worker`")
+    return _current

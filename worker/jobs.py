@@ -1,0 +1,85 @@
+"""The RQ job function: one batch from Redis into the database, exactly once.
+
+``mes.worker.jobs.write_batch`` is a wire contract (it is the function name stored in
+every job): never move or rename it without leaving an alias here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rq import get_current_job
+
+from ..core.errors import InvalidEvent
+from ..core.log import get_logger
+from ..schemas import decode_event
+from ..storage import DeadLetter
+from .context import current
+
+__all__ = ["PoisonBatchError", "write_batch"]
+
+log = get_logger("mes.worker")
+
+# A batch mostly made of invalid events is a bad deploy (a gateway writing a new
+# format), not bad data: fail it loudly instead of filling the dead letters.
+POISON_MIN_EVENTS = 20
+POISON_RATIO = 0.5
+
+
+class PoisonBatchError(Exception):
+    """Most of the batch is invalid. The job fails without retries and waits, with its
+    events still in Redis, for ``mes replay`` after the producer is fixed."""
+
+
+def write_batch(batch_id: str) -> dict[str, Any]:
+    """Decode, validate and write batch ``batch_id``; return after the commit.
+
+    Invalid events go to ``mes_dead_letters`` with their reason, in the same transaction
+    as the rest. The batch's list in Redis is deleted only after the commit, so a worker
+    that dies midway leaves it for the retry, and the ledger makes the retry harmless.
+
+    Raises:
+        DatabaseUnavailable: RQ retries the job with backoff.
+        PoisonBatchError: most events are invalid (see above).
+    """
+    ctx = current()
+    started = time.perf_counter()
+    key = ctx.keys.batch(batch_id)
+    items: list[bytes] = ctx.redis.lrange(key, 0, -1)
+    if not items:  # already written and cleaned up by an earlier run of this job
+        ctx.redis.zrem(ctx.keys.batches, batch_id)
+        return {"events": 0}
+    events: list[dict[str, Any]] = []
+    dead: list[DeadLetter] = []
+    for raw in items:
+        try:
+            events.append(decode_event(raw))
+        except InvalidEvent as exc:
+            dead.append(DeadLetter(payload=raw, reason=exc.reason, event_id=exc.event_id))
+    if len(items) >= POISON_MIN_EVENTS and len(dead) > POISON_RATIO * len(items):
+        job = get_current_job()
+        if job is not None:
+            job.retries_left = 0  # retrying cannot fix the events
+        sample = dead[0].reason
+        log.error("batch_poisoned", batch_id=batch_id, events=len(items), invalid=len(dead), example=sample)
+        raise PoisonBatchError(f"{len(dead)} of {len(items)} events are invalid, e.g.: {sample}")
+    result = ctx.storage.writer.write_isolating(events, dead, batch_id=batch_id)
+    with ctx.redis.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        pipe.zrem(ctx.keys.batches, batch_id)
+        pipe.execute()
+    ms = round((time.perf_counter() - started) * 1000, 1)
+    log.info(
+        "batch_written",
+        batch_id=batch_id,
+        events=len(items),
+        applied=result.applied,
+        rows=result.rows,
+        error_rows=result.error_rows,
+        duplicates=result.duplicates,
+        dead_lettered=result.dead_lettered,
+        attempts=result.attempts,
+        ms=ms,
+    )
+    return {"events": len(items), "applied": result.applied, "dead_lettered": result.dead_lettered}

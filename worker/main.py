@@ -1,0 +1,103 @@
+"""``mes worker``: run one worker in this process, or supervise N of them.
+
+Scaling: ``--processes N`` runs N worker processes here (each its own interpreter,
+database pool and Redis connection) and restarts any that dies; on more machines, run
+``mes worker`` there against the same ``REDIS_CONN_STRING`` and database. Workers share
+nothing but Redis and the database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from redis import Redis
+
+from ..core.errors import ConfigError
+from ..core.log import get_logger
+from ..core.settings import Settings
+from .context import WorkerContext, install
+from .runner import MESWorker
+
+__all__ = ["connect", "run_one", "supervise"]
+
+log = get_logger("mes.worker")
+
+
+def connect(settings: Settings) -> Redis:
+    url = settings.queue.redis_url
+    if not url:
+        raise ConfigError(
+            "REDIS_CONN_STRING is not set: point it at your Redis, or use `mes up` (embedded Redis)"
+        )
+    # No socket timeout for the worker's blocking reads; RQ bounds its own waits.
+    return Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+
+
+def run_one(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
+    """Run a worker in this process until stopped (or, in burst mode, until idle).
+
+    Returns whether it processed any job.
+    """
+    redis = connect(settings)
+    ctx = WorkerContext.build(settings, redis)
+    install(ctx)
+    try:
+        worker = MESWorker.for_context(ctx, name=name)
+        log.info("worker_started", worker=worker.name, queue=settings.queue.queue_name,
+                 database=settings.database.db.describe(), pid=os.getpid())  # fmt: skip
+        return bool(
+            worker.work(
+                burst=burst, with_scheduler=False, logging_level="DEBUG" if settings.debug else "INFO"
+            )
+        )
+    finally:
+        install(None)
+        ctx.close()
+        redis.close()
+
+
+def supervise(processes: int, argv: list[str]) -> int:
+    """Run ``processes`` single workers as children; restart any that exits unasked.
+
+    SIGTERM/SIGINT are passed on (each child finishes its batch); returns when all exited.
+    """
+    children: dict[int, subprocess.Popen[Any]] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        children[slot] = subprocess.Popen([sys.executable, "-m", "mes", "worker", "--processes", "1", *argv])
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for slot in range(processes):
+        spawn(slot)
+    log.info("workers_started", processes=processes, pids=[c.pid for c in children.values()])
+    restarts: dict[int, float] = {}
+    while True:
+        time.sleep(0.5)
+        alive = 0
+        for slot, child in list(children.items()):
+            code = child.poll()
+            if code is None:
+                alive += 1
+            elif not stopping:
+                wait = restarts.get(slot, 0.5)
+                log.error("worker_exited", pid=child.pid, code=code, restart_in_s=wait)
+                time.sleep(wait)
+                restarts[slot] = min(wait * 2, 30.0)
+                spawn(slot)
+                alive += 1
+        if stopping and not alive:
+            return 0

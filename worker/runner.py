@@ -1,0 +1,149 @@
+"""The worker process: an RQ ``SimpleWorker`` that keeps its database pool, cuts the
+staging list while it waits, and does MES's upkeep.
+
+Why ``SimpleWorker``: RQ's default worker forks a child per job (about 75 jobs/s here)
+and the child cannot keep a database pool; the simple worker runs jobs in-process.
+The price is that nobody heartbeats while a job runs, so the job's entry in RQ's
+started registry must outlive the job's timeout: a worker killed mid-batch is noticed
+when that entry expires (timeout + 15 s) at the next maintenance pass (every 15 s), and
+its job is retried by another worker, well within two minutes with the default 60 s
+timeout. The retry is harmless: the ledger drops what the dead worker had committed.
+
+Retries with backoff are moved back onto the queue by the workers themselves (see
+``retries``), so no RQ scheduler process is needed.
+
+SIGTERM or SIGINT: finish the current batch, then exit (RQ's warm shutdown). A second
+signal stops at once (the batch's transaction rolls back; its job is retried).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from rq.exceptions import DequeueTimeout
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker, WorkerStatus
+
+from ..core.log import get_logger
+from .context import WorkerContext
+from .retries import promote_due_retries
+from .safety import MESJob
+from .staging import Stager
+
+__all__ = ["MESWorker"]
+
+log = get_logger("mes.worker")
+
+HEARTBEAT_EVERY = 5.0
+RETRY_PROMOTION_EVERY = 1.0
+
+
+class MESWorker(SimpleWorker):
+    """One MES worker. Build with :meth:`for_context`."""
+
+    mes_context: WorkerContext
+    stager: Stager
+
+    @classmethod
+    def for_context(cls, ctx: WorkerContext, **kwargs: Any) -> MESWorker:
+        worker = cls(
+            [ctx.queue],
+            connection=ctx.redis,
+            job_class=MESJob,
+            serializer=JSONSerializer,
+            maintenance_interval=ctx.settings.worker.maintenance_interval,
+            job_monitoring_interval=10,
+            log_job_description=False,
+            **kwargs,
+        )
+        worker.mes_context = ctx
+        ws = ctx.settings.worker
+        worker.stager = Stager(
+            ctx.redis,
+            ctx.queue,
+            ctx.keys,
+            ctx.settings.queue,
+            max_events=ws.job_max_events,
+            linger_ms=ws.drain_linger_ms,
+        )
+        return worker
+
+    def get_heartbeat_ttl(self, job: Any) -> int:
+        # Nobody heartbeats during an in-process job: the started-registry entry must
+        # outlive the job's own timeout, and no more, so a dead worker is noticed soon.
+        return int(job.timeout or self.mes_context.settings.queue.job_timeout) + 15
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()
+        self.mes_maintenance()
+
+    def mes_maintenance(self) -> None:
+        """Re-enqueue orphaned batches and create the coming days' tables: one worker at a time."""
+        ctx = self.mes_context
+        interval = ctx.settings.worker.maintenance_interval
+        if not ctx.redis.set(ctx.keys.maintenance_lock, self.name, nx=True, ex=max(1, interval - 1)):
+            return
+        try:
+            self.stager.reap()
+            ctx.storage.create_ahead()
+        except Exception as exc:  # upkeep must never stop the worker; the next pass retries
+            log.error("maintenance_failed", error=str(exc)[:300])
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        """RQ's wait for a job, with staging cut between short waits.
+
+        ``timeout=None`` is burst mode: cut everything staged, then return None when no
+        job is left.
+        """
+        self.set_state(WorkerStatus.IDLE)
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        poll = max(0.05, min(1.0, self.mes_context.settings.worker.drain_linger_ms / 2000))
+        idle_since = last_beat = time.monotonic()
+        last_promotion = 0.0
+        self.heartbeat()
+        wait = 1.0
+        while True:
+            try:
+                if time.monotonic() - last_beat >= HEARTBEAT_EVERY:
+                    self.heartbeat()
+                    last_beat = time.monotonic()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                if time.monotonic() - last_promotion >= RETRY_PROMOTION_EVERY:
+                    promote_due_retries(
+                        self.connection, self.mes_context.queue, self.mes_context.keys.retry_lock
+                    )
+                    last_promotion = time.monotonic()
+                if timeout is None:
+                    self.stager.cut_all()
+                else:
+                    self.stager.cut()
+                result = self.queue_class.dequeue_any(
+                    self._ordered_queues,
+                    None if timeout is None else poll,
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+                wait = 1.0
+                if result is not None:
+                    job, queue = result
+                    # This worker's MES_JOB_TIMEOUT rules, not the one the producer stamped:
+                    # it bounds both the job and how soon a dead worker's job is taken over.
+                    job.timeout = self.mes_context.settings.queue.job_timeout
+                    self.reorder_queues(reference_queue=queue)
+                    job.redis_server_version = self.get_redis_server_version()
+                    self.heartbeat()
+                    return result
+                if timeout is None:
+                    return None
+            except DequeueTimeout:
+                if max_idle_time is not None and time.monotonic() - idle_since > max_idle_time:
+                    return None
+            except redis.exceptions.ConnectionError as exc:
+                log.error("redis_unavailable", error=str(exc)[:200], retry_in_s=wait)
+                time.sleep(wait)
+                wait = min(wait * 2, self.max_connection_wait_time)
