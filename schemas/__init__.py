@@ -13,7 +13,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "ChatEvent", "ErrorEvent", "Event", "decode_event", "new_event_id", "validate_event"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "ChatEvent",
+    "ErrorEvent",
+    "Event",
+    "decode_event",
+    "new_event_id",
+    "validate_event",
+]
 
 _WHERE = {
     "SCHEMA_VERSION": "events",

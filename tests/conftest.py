@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
 from mes.core.dsn import parse_dsn
 from mes.core.settings import DatabaseSettings
 from mes.storage import Storage
 from mes.storage.engine import sqlalchemy_url
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
 REQUIRE_ALL = os.environ.get("MES_TEST_REQUIRE_ALL", "") not in ("", "0", "false")
 BACKENDS = ("sqlite", "mysql", "postgresql")

@@ -13,6 +13,11 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
+from rq.job import Job
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+from sqlalchemy import text
+
+from mes.cli import main as cli
 from mes.core.queue import Keys, make_queue
 from mes.core.settings import Settings
 from mes.producer import Producer
@@ -21,11 +26,6 @@ from mes.worker.context import WorkerContext, install
 from mes.worker.runner import MESWorker
 from mes.worker.safety import MESJob
 from mes.worker.staging import Stager
-from rq.job import Job
-from rq.registry import FailedJobRegistry, StartedJobRegistry
-from sqlalchemy import text
-
-from mes.cli import main as cli
 
 from .factories import assert_consistent, conversation, event_from_call, sample_calls
 from .netproxy import Proxy

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import orjson
+
 from mes.core.settings import ProducerSettings
 from mes.producer import Producer
 from mes.producer.batcher import Batcher

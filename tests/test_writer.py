@@ -7,9 +7,10 @@ import threading
 from typing import Any
 
 import pytest
+from sqlalchemy import inspect, text
+
 from mes.schemas import decode_event
 from mes.storage import Storage
-from sqlalchemy import inspect, text
 
 from .factories import BASE_MS, assert_consistent, chat, conversation, error, event_from_call, sample_calls
 
