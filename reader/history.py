@@ -1,0 +1,373 @@
+"""Reading history back: the seed's four operations, plus error history.
+
+Nothing here scans the daily tables to list or count:
+
+* listing reads ``mes_conversations`` (index ``user_id, last_at_ms, conversation_id``);
+* stats read ``mes_daily_stats`` (a user's rows: days x models);
+* a conversation is read from the days it spans only (``mes_conversations.days``), newest
+  day first, stopping when ``limit`` messages are found;
+* a user's errors come from the days ``mes_daily_stats`` says had errors.
+
+So a year of daily tables reads as fast as a week.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import Table, and_, desc, or_, select
+
+from ..core.days import date_of_int, day_int
+from ..storage import Storage
+from .messages import error_record, message_from_row
+
+__all__ = ["AmbiguousConversation", "BadCursor", "HistoryReader", "Page"]
+
+_MESSAGE_COLS = (
+    "message_id", "role", "content", "other", "created_at", "created_at_ms", "seq", "id", "model_name",
+    "is_response", "finish_reason", "usage",
+)  # fmt: skip
+_ERROR_COLS = (
+    "event_id", "conversation_id", "user_id", "model_name", "error_code", "error_message", "created_at",
+    "created_at_ms", "seq", "role", "content", "other",
+)  # fmt: skip
+_STAT_COUNTERS = (
+    "messages",
+    "conversations",
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+)
+
+
+class BadCursor(ValueError):
+    """``after`` names nothing this caller can see."""
+
+
+class AmbiguousConversation(ValueError):
+    """Several users have a conversation with this id; say which (``user_id``)."""
+
+
+@dataclasses.dataclass
+class Page:
+    """One page of a list, with OpenAI-style cursor fields."""
+
+    items: list[dict[str, Any]]
+    has_more: bool
+
+    @property
+    def first_id(self) -> str | None:
+        return self.items[0]["id"] if self.items else None
+
+    @property
+    def last_id(self) -> str | None:
+        return self.items[-1]["id"] if self.items else None
+
+
+def _conversation(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.conversation_id,
+        "object": "conversation",
+        "conversation_id": row.conversation_id,
+        "user_id": row.user_id,
+        "title": row.title,
+        "model": row.last_model,
+        "models": {k: v for k, v in orjson.loads(row.models or "{}").items() if v},
+        "message_count": row.message_count,
+        "request_count": row.event_count,
+        "error_count": row.error_count,
+        "prompt_tokens": int(row.prompt_tokens),
+        "completion_tokens": int(row.completion_tokens),
+        "total_tokens": int(row.total_tokens),
+        "created_at": row.first_at_ms // 1000,
+        "updated_at": row.last_at_ms // 1000,
+        "first_at_ms": row.first_at_ms,
+        "last_at_ms": row.last_at_ms,
+    }
+
+
+def _like_key(model: str) -> str:
+    """A LIKE pattern matching ``"model":`` in the models JSON, wildcards escaped."""
+    key = orjson.dumps(model).decode() + ":"
+    return "%" + key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class HistoryReader:
+    """Reads one MES database. Thread-safe; share one per process."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.engine = storage.engine
+        self.catalog = storage.catalog
+        self.calendar = storage.calendar
+        self.catalog.refresh()
+
+    # -- which tables ------------------------------------------------------------------
+    def _tables(self, days: Iterable[int], kind: str) -> list[Table]:
+        """The existing tables (``chat`` or ``error``) that may hold rows of ``days``."""
+        wanted = []
+        if self.catalog.daily:
+            wanted = [
+                getattr(self.catalog.day_tables(date_of_int(d)), kind)
+                for d in sorted(set(days), reverse=True)
+            ]
+        plain = getattr(self.catalog.day_tables(None), kind) if not self.catalog.daily else None
+        if plain is None:
+            # partitioning was switched on later: rows of older days may sit in the plain table
+            plain = self._plain(kind)
+        candidates = [*wanted, plain] if plain is not None else wanted
+        if any(not self.catalog.is_known(t.name) for t in candidates):
+            self.catalog.refresh()
+        return [t for t in candidates if self.catalog.is_known(t.name)]
+
+    def _plain(self, kind: str) -> Table | None:
+        from ..storage.tables import chat_table, error_table
+
+        name = "conversation_histories" if kind == "chat" else "error_conversation_histories"
+        if not self.catalog.is_known(name):
+            return None
+        existing = self.catalog.metadata.tables.get(name)
+        if existing is not None:
+            return existing
+        make = chat_table if kind == "chat" else error_table
+        return make(name, self.catalog.metadata, self.catalog.id_collation)
+
+    # -- conversations -----------------------------------------------------------------
+    def get_user_conversations(
+        self,
+        user_id: int,
+        limit: int = 20,
+        offset: int = 0,
+        *,
+        after: str | None = None,
+        order: str = "desc",
+        model: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> Page:
+        """A user's conversations by last activity (``desc``: newest first).
+
+        Raises:
+            BadCursor: ``after`` is not one of this user's conversations.
+        """
+        t = self.catalog.conversations
+        newest_first = order != "asc"
+        q = select(t).where(t.c.user_id == user_id)
+        if since_ms is not None:
+            q = q.where(t.c.last_at_ms >= since_ms)
+        if until_ms is not None:
+            q = q.where(t.c.last_at_ms < until_ms)
+        if model:
+            q = q.where(t.c.models.like(_like_key(model), escape="\\"))
+        with self.engine.connect() as conn:
+            if after is not None:
+                at = conn.execute(
+                    select(t.c.last_at_ms).where(t.c.user_id == user_id, t.c.conversation_id == after)
+                ).scalar()
+                if at is None:
+                    raise BadCursor(f"after={after!r} is not one of your conversations")
+                if newest_first:
+                    q = q.where(
+                        or_(t.c.last_at_ms < at, and_(t.c.last_at_ms == at, t.c.conversation_id < after))
+                    )
+                else:
+                    q = q.where(
+                        or_(t.c.last_at_ms > at, and_(t.c.last_at_ms == at, t.c.conversation_id > after))
+                    )
+            keys = (
+                (desc(t.c.last_at_ms), desc(t.c.conversation_id))
+                if newest_first
+                else (t.c.last_at_ms, t.c.conversation_id)
+            )
+            rows = conn.execute(q.order_by(*keys).offset(offset).limit(limit + 1)).fetchall()
+        return Page([_conversation(r) for r in rows[:limit]], has_more=len(rows) > limit)
+
+    def find_conversations(self, conversation_id: str, user_id: int | None) -> list[Any]:
+        """Index rows for ``conversation_id`` (of ``user_id``, or of anyone when None)."""
+        t = self.catalog.conversations
+        q = select(t).where(t.c.conversation_id == conversation_id)
+        if user_id is not None:
+            q = q.where(t.c.user_id == user_id)
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).fetchall())
+
+    def _one(self, conversation_id: str, user_id: int | None) -> Any | None:
+        rows = self.find_conversations(conversation_id, user_id)
+        if len(rows) > 1:
+            raise AmbiguousConversation(
+                f"{len(rows)} users have a conversation {conversation_id!r}: pass user_id to choose"
+            )
+        return rows[0] if rows else None
+
+    def get_conversation(self, conversation_id: str, user_id: int | None = None) -> dict[str, Any] | None:
+        row = self._one(conversation_id, user_id)
+        return _conversation(row) if row is not None else None
+
+    def get_conversation_messages(
+        self, conversation_id: str, limit: int = 50, *, user_id: int | None = None
+    ) -> list[dict[str, Any]] | None:
+        """The latest ``limit`` messages of a conversation, oldest first; None if it is not
+        (one of ``user_id``'s). Reads only the days the conversation spans."""
+        conv = self._one(conversation_id, user_id)
+        if conv is None:
+            return None
+        days = [int(d) for d in conv.days.split(",") if d]
+        found: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            for table in self._tables(days, "chat"):
+                c = table.c
+                q = (
+                    select(*(c[name] for name in _MESSAGE_COLS))
+                    .where(c.conversation_id == conversation_id, c.user_id == conv.user_id)
+                    .order_by(desc(c.created_at_ms), desc(c.seq), desc(c.id))
+                    .limit(limit - len(found))
+                )
+                found.extend(dict(r._mapping) for r in conn.execute(q))
+                if len(found) >= limit:
+                    break
+        found.sort(key=lambda r: (r["created_at_ms"], r["seq"], r["id"]))
+        return [message_from_row(r) for r in found[-limit:]] if limit > 0 else []
+
+    def delete_user_conversation(self, user_id: int, conversation_id: str) -> bool:
+        """Delete a conversation from the history and error tables of every day it spans,
+        the index and the rollups, in one transaction. False if ``user_id`` has no such
+        conversation (another user's looks exactly like none). Repeating it is harmless."""
+        from .delete import delete_conversation
+
+        return delete_conversation(self, user_id, conversation_id)
+
+    # -- stats -------------------------------------------------------------------------
+    def get_conversation_stats(
+        self, user_id: int, *, since: dt.date | None = None, until: dt.date | None = None
+    ) -> dict[str, Any]:
+        """Totals from the daily rollups (``since``/``until``: inclusive days in ``TZ``)."""
+        s = self.catalog.daily_stats
+        q = select(s.c.day, s.c.model_name, *(s.c[n] for n in _STAT_COUNTERS)).where(s.c.user_id == user_id)
+        if since is not None:
+            q = q.where(s.c.day >= day_int(since))
+        if until is not None:
+            q = q.where(s.c.day <= day_int(until))
+        totals = dict.fromkeys(_STAT_COUNTERS, 0)
+        models: dict[str, int] = {}
+        tokens_by_model: dict[str, int] = {}
+        daily: dict[str, int] = {}
+        daily_errors: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(q):
+                for name in _STAT_COUNTERS:
+                    totals[name] += int(row._mapping[name])
+                day = date_of_int(row.day).isoformat()
+                if row.messages:
+                    models[row.model_name] = models.get(row.model_name, 0) + int(row.messages)
+                    daily[day] = daily.get(day, 0) + int(row.messages)
+                if row.total_tokens:
+                    tokens_by_model[row.model_name] = tokens_by_model.get(row.model_name, 0) + int(
+                        row.total_tokens
+                    )
+                if row.errors:
+                    daily_errors[day] = daily_errors.get(day, 0) + int(row.errors)
+        return {
+            "total_conversations": totals["conversations"],
+            "total_messages": totals["messages"],
+            "total_tokens": totals["total_tokens"],
+            "models_used": dict(sorted(models.items())),
+            "daily_message_count": dict(sorted(daily.items())),
+            "total_requests": totals["requests"],
+            "total_errors": totals["errors"],
+            "total_prompt_tokens": totals["prompt_tokens"],
+            "total_completion_tokens": totals["completion_tokens"],
+            "tokens_by_model": dict(sorted(tokens_by_model.items())),
+            "daily_error_count": dict(sorted(daily_errors.items())),
+        }
+
+    # -- errors ------------------------------------------------------------------------
+    def get_user_errors(
+        self,
+        user_id: int,
+        limit: int = 20,
+        offset: int = 0,
+        *,
+        after: str | None = None,
+        model: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> Page:
+        """A user's failed requests, newest first, from the days the rollups say had errors.
+
+        Raises:
+            BadCursor: ``after`` is not one of this user's failed requests.
+        """
+        s = self.catalog.daily_stats
+        q = select(s.c.day).where(s.c.user_id == user_id, s.c.errors > 0)
+        if model:
+            q = q.where(s.c.model_name == model)
+        if since_ms is not None:
+            q = q.where(s.c.day >= day_int(self.calendar.day_of(since_ms)))
+        if until_ms is not None:
+            q = q.where(s.c.day <= day_int(self.calendar.day_of(until_ms)))
+        with self.engine.connect() as conn:
+            days = sorted({r.day for r in conn.execute(q.distinct())}, reverse=True)
+        records: list[dict[str, Any]] = []
+        want = offset + limit + 1
+        cursor_seen = after is None
+        for table in self._tables(days, "error"):
+            rows = self._error_rows(table, user_id, model, since_ms, until_ms)
+            for record in rows:
+                if not cursor_seen:
+                    cursor_seen = record["id"] == after
+                    continue
+                records.append(record)
+            if cursor_seen and len(records) >= want:
+                break
+        if not cursor_seen:
+            raise BadCursor(f"after={after!r} is not one of your failed requests")
+        page = records[offset : offset + limit]
+        return Page(page, has_more=len(records) > offset + limit)
+
+    def _error_rows(
+        self, table: Table, user_id: int, model: str | None, since_ms: int | None, until_ms: int | None
+    ) -> list[dict[str, Any]]:
+        c = table.c
+        q = select(*(c[n] for n in _ERROR_COLS)).where(c.user_id == user_id)
+        if model:
+            q = q.where(c.model_name == model)
+        if since_ms is not None:
+            q = q.where(c.created_at_ms >= since_ms)
+        if until_ms is not None:
+            q = q.where(c.created_at_ms < until_ms)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+        return _group_errors(rows)
+
+    def get_conversation_errors(
+        self, conversation_id: str, *, user_id: int | None = None, limit: int = 100
+    ) -> list[dict[str, Any]] | None:
+        """A conversation's failed requests, newest first; None if it is not (``user_id``'s)."""
+        conv = self._one(conversation_id, user_id)
+        if conv is None:
+            return None
+        days = [int(d) for d in conv.days.split(",") if d]
+        rows: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            for table in self._tables(days, "error"):
+                c = table.c
+                q = select(*(c[n] for n in _ERROR_COLS)).where(
+                    c.conversation_id == conversation_id, c.user_id == conv.user_id
+                )
+                rows.extend(dict(r._mapping) for r in conn.execute(q))
+        return _group_errors(rows)[:limit]
+
+
+def _group_errors(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_event: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_event.setdefault(row["event_id"], []).append(row)
+    records = [error_record(eid, group) for eid, group in by_event.items()]
+    records.sort(key=lambda r: (r["created_at_ms"], r["id"]), reverse=True)
+    return records
