@@ -36,6 +36,7 @@ __all__ = [
     "enqueue_batch",
     "job_retry",
     "make_queue",
+    "queue_figures",
 ]
 
 JOB_FUNCTION = "mes.worker.jobs.write_batch"
@@ -104,3 +105,25 @@ def enqueue_batch(
             pipeline=pipe,
         )
         pipe.execute()
+
+
+def queue_figures(redis: Redis, queue_name: str) -> dict[str, int]:
+    """What waits in Redis, in one round trip: events staged, batches not yet written,
+    jobs queued, running, waiting to retry, and failed for good (``mes replay failed``)."""
+    keys = Keys(queue_name)
+    pipe = redis.pipeline(transaction=False)
+    pipe.llen(keys.staging)
+    pipe.zcard(keys.batches)
+    pipe.llen(f"rq:queue:{queue_name}")
+    pipe.zcard(f"rq:wip:{queue_name}")
+    pipe.zcard(f"rq:scheduled:{queue_name}")
+    pipe.zcard(f"rq:failed:{queue_name}")
+    staged, batches, queued, started, scheduled, failed = pipe.execute()
+    return {
+        "staged_events": int(staged),
+        "batches_pending": int(batches),
+        "jobs_queued": int(queued),
+        "jobs_started": int(started),
+        "jobs_retrying": int(scheduled),
+        "jobs_failed": int(failed),
+    }

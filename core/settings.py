@@ -23,6 +23,7 @@ from .dsn import DatabaseConfig, parse_dsn
 from .errors import ConfigError
 
 __all__ = [
+    "ApiSettings",
     "DatabaseSettings",
     "ProducerSettings",
     "QueueSettings",
@@ -216,12 +217,41 @@ class WorkerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ApiSettings:
+    """The HTTP API (``mes serve``): where it listens, who may call it, request limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None  # MES_API_KEY: an operator key, admin of every user's history
+    auth_cache_seconds: int = 5  # a revoked token keeps working at most this long
+    ingest_max_events: int = 1000
+    ingest_max_bytes: int = 16 * 1024 * 1024
+    metrics_port: int = 0  # workers' Prometheus port (0: off); the API serves /metrics itself
+
+    @classmethod
+    def from_env(cls, env: Env) -> ApiSettings:
+        key = _get(env, "MES_API_KEY") or None
+        if key is not None and len(key) < 16:
+            raise ConfigError("MES_API_KEY is too short: use at least 16 random characters")
+        return cls(
+            host=_get(env, "MES_API_HOST") or "127.0.0.1",
+            port=env_int(env, "MES_API_PORT", 8080, minimum=0, maximum=65535),
+            api_key=key,
+            auth_cache_seconds=env_int(env, "MES_AUTH_CACHE_SECONDS", 5, minimum=0, maximum=3600),
+            ingest_max_events=env_int(env, "MES_INGEST_MAX_EVENTS", 1000, minimum=1, maximum=100_000),
+            ingest_max_bytes=env_int(env, "MES_INGEST_MAX_BYTES", 16 * 1024 * 1024, minimum=1024),
+            metrics_port=env_int(env, "MES_METRICS_PORT", 0, minimum=0, maximum=65535),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything, for the entry points (``mes worker``, ``mes serve``, the CLI)."""
 
     database: DatabaseSettings
     producer: ProducerSettings
     worker: WorkerSettings
+    api: ApiSettings
     main_db: DatabaseConfig | None  # New API's SQL_DSN: users and tokens for the read API
     data_dir: str
     debug: bool
@@ -239,6 +269,7 @@ class Settings:
             database=DatabaseSettings.from_env(env),
             producer=ProducerSettings.from_env(env),
             worker=WorkerSettings.from_env(env),
+            api=ApiSettings.from_env(env),
             main_db=parse_dsn(main_raw, variable="SQL_DSN", data_dir=base) if main_raw else None,
             data_dir=base,
             debug=env_bool(env, "DEBUG", False),

@@ -190,6 +190,38 @@ def replay_spool_cmd(directory: str | None) -> None:
 
 
 @main.command()
+@click.option("--host", default=None, help="Address to listen on (default MES_API_HOST, 127.0.0.1).")
+@click.option(
+    "--port", default=None, type=click.IntRange(0, 65535), help="Port (default MES_API_PORT, 8080)."
+)
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="uvicorn worker processes."
+)
+@handle_errors
+def serve(host: str | None, port: int | None, workers: int) -> None:
+    """Run the HTTP API: history reads, error history, ingest (POST /api/v1/events),
+    /healthz, /readyz, /metrics, and the OpenAPI spec at /docs."""
+    import uvicorn
+
+    from mes.core.log import configure_logging
+
+    settings = _settings()
+    configure_logging(debug=settings.debug)
+    host = host or settings.api.host
+    port = settings.api.port if port is None else port
+    click.echo(f"mes: API on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)", err=True)
+    uvicorn.run(
+        "mes.api.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,  # our logging: JSON lines, or readable with DEBUG=true
+        access_log=settings.debug,
+        lifespan="on",
+    )
+
+
+@main.command()
 @handle_errors
 def verify() -> None:
     """Recount every history table and compare with the conversation index and daily rollups.

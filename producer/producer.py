@@ -235,6 +235,34 @@ class Producer:
         """Record an event already serialized as JSON (the HTTP ingest route uses this)."""
         self._record_bytes(data)
 
+    def send_now(self, items: list[bytes]) -> str:
+        """Make serialized events durable before returning, on the calling thread: pushed
+        to Redis (``"queued"``) or, when Redis refuses, written and fsynced to the spool
+        (``"spooled"``), which this producer's flusher re-sends later. For the HTTP ingest
+        route, which answers only once its events are safe.
+
+        Raises:
+            OSError: Redis refused and the spool could not be written (nothing was kept).
+        """
+        with self._lock:
+            self._recorded += len(items)
+            if self._thread is None and not self._closed:
+                self._start_thread()  # it re-sends the spool
+        transport = self._transport
+        if transport is not None and self._clock() >= self._down_until:
+            try:
+                transport.push(items)  # redis-py clients are thread-safe
+            except Exception as exc:
+                self._redis_failed(exc)
+            else:
+                with self._lock:
+                    self._enqueued += len(items)
+                return "queued"
+        self._spool.write_batch(items)
+        with self._lock:
+            self._spooled += len(items)
+        return "spooled"
+
     # -- recording ---------------------------------------------------------------------
     def _record(self, event: Mapping[str, Any]) -> None:
         self._record_bytes(serialize(event))

@@ -1,0 +1,394 @@
+"""The HTTP API: the seed's four routes, error history, health and metrics.
+
+Every answer is JSON. A request MES will not serve gets a 4xx with
+``{"error": {"message", "type", "code"}}``; a database that is down gets a 503 with the
+same shape. Nothing a caller sends produces a 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..core.errors import MESError
+from ..core.log import get_logger
+from ..core.metrics import API_LATENCY, register_queue_collector
+from ..core.settings import Settings
+from ..reader import BadCursor, HistoryReader
+from ..storage import Storage
+from .auth import Authenticator, AuthError, Principal
+from .deps import Caller, JSONResponse
+from .deps import services_of as _svc
+from .params import ApiError, check_text, parse_day, parse_time_ms, scope_user
+
+__all__ = ["Services", "create_app"]
+
+log = get_logger("mes.api")
+
+MAX_LIST = 100
+MAX_MESSAGES = 1000
+MAX_OFFSET = 1_000_000
+MAX_USER_ID = 2_147_483_647
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
+          413: "invalid_request_error", 503: "service_unavailable"}  # fmt: skip
+
+
+def error_response(status: int, message: str, code: str | None = None, **headers: str) -> JSONResponse:
+    body = {
+        "error": {"message": message, "type": _TYPES.get(status, "api_error"), "code": code or str(status)}
+    }
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+@dataclasses.dataclass
+class Services:
+    """What the routes use. ``create_app`` opens them from settings, or takes them ready-made."""
+
+    reader: HistoryReader
+    auth: Authenticator
+    settings: Settings
+    redis: Any = None  # for readiness, queue gauges and ingest
+    producer: Any = None  # the ingest route's
+    owned: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def open(cls, settings: Settings) -> Services:
+        storage = Storage.open(settings.database)
+        owned: list[Callable[[], None]] = [storage.close]
+        auth_engine = None
+        if settings.main_db is not None:
+            from ..storage.engine import create_engine_for
+
+            auth_db = dataclasses.replace(settings.database, db=settings.main_db, max_idle_conns=4)
+            auth_engine = create_engine_for(auth_db)
+            owned.append(auth_engine.dispose)
+        auth = Authenticator(
+            auth_engine, api_key=settings.api.api_key, cache_seconds=settings.api.auth_cache_seconds
+        )
+        redis = producer = None
+        if settings.queue.redis_url:
+            from ..producer import Producer
+            from ..producer.transport import connect_redis
+
+            redis = connect_redis(settings.queue.redis_url)
+            owned.append(redis.close)
+            producer = Producer(settings.producer)
+            owned.append(producer.close)
+        if auth_engine is None and settings.api.api_key is None:
+            log.warning("api_has_no_credentials", hint="set SQL_DSN (New API's database) or MES_API_KEY")
+        return cls(HistoryReader(storage), auth, settings, redis=redis, producer=producer, owned=owned)
+
+    def close(self) -> None:
+        for close in reversed(self.owned):
+            with contextlib.suppress(Exception):
+                close()
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+    """The ASGI app. With ``services`` (tests, embedding) nothing is opened or closed here."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        opened = services is None
+        svc = services or Services.open(settings or Settings.from_env())
+        app.state.services = svc
+        if svc.redis is not None:
+            from ..core.queue import queue_figures
+
+            register_queue_collector(lambda: queue_figures(svc.redis, svc.settings.queue.queue_name))
+        try:
+            yield
+        finally:
+            if opened:
+                svc.close()
+
+    app = FastAPI(
+        title="MES",
+        version=__version__,
+        summary="Chat history of an LLM API gateway (New API / One API)",
+        default_response_class=JSONResponse,
+        lifespan=lifespan,
+    )
+    _install_error_handlers(app)
+    _install_metrics(app)
+    app.include_router(_routes())
+    from .ingest import ingest_router
+
+    app.include_router(ingest_router())
+    return app
+
+
+# -- errors --------------------------------------------------------------------------------
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "path", "header", "body"))
+        parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_r: Request, exc: ApiError) -> Response:
+        return error_response(exc.status, exc.message, exc.code)
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(_r: Request, exc: AuthError) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        code = "invalid_api_key" if exc.status == 401 else "unavailable"
+        return error_response(exc.status, str(exc), code, **headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_r: Request, exc: RequestValidationError) -> Response:
+        return error_response(400, _describe_validation(exc), "invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_r: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_r: Request, exc: DBAPIError) -> Response:
+        log.error("database_error", error=str(exc).splitlines()[0][:300])
+        return error_response(503, "the history database is unavailable; try again shortly", "unavailable")
+
+    @app.exception_handler(MESError)
+    async def _mes(_r: Request, exc: MESError) -> Response:
+        log.error("mes_error", error=str(exc)[:300])
+        return error_response(503, "MES is unavailable; try again shortly", "unavailable")
+
+
+def _install_metrics(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def _timed(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            API_LATENCY.labels(request.method, path, str(status)).observe(time.perf_counter() - start)
+
+
+# -- routes --------------------------------------------------------------------------------
+UserId = Annotated[int | None, Query(ge=0, le=MAX_USER_ID, description="admins: whose history")]
+ConversationId = Annotated[str, Path(max_length=191, description="the gateway's conversation id")]
+Since = Annotated[str | None, Query(description="from this time: unix seconds or ISO 8601")]
+Until = Annotated[str | None, Query(description="before this time: unix seconds or ISO 8601")]
+Model = Annotated[str | None, Query(max_length=191, description="only conversations that used this model")]
+After = Annotated[str | None, Query(max_length=191, description="cursor: the last id of the previous page")]
+
+
+def _owner_of(svc: Services, caller: Principal, conversation_id: str, user_id: int | None) -> int | None:
+    """The user whose conversation a call addresses, or None when there is none to see."""
+    check_text("conversation_id", conversation_id)
+    if user_id is not None:
+        return scope_user(caller, user_id)
+    if not caller.is_admin:
+        return caller.user_id
+    # an admin without user_id: whoever has this conversation, if it is one user
+    rows = svc.reader.find_conversations(conversation_id, None)
+    if len(rows) > 1:
+        raise ApiError(409, f"{len(rows)} users have a conversation with this id: pass user_id", "ambiguous")
+    return int(rows[0].user_id) if rows else None
+
+
+def _not_found() -> ApiError:
+    return ApiError(404, "conversation not found", "not_found")
+
+
+def _routes() -> Any:
+    from fastapi import APIRouter
+
+    router = APIRouter()
+
+    @router.get("/api/v1/conversations", tags=["history"])
+    def list_conversations(
+        request: Request,
+        caller: Caller,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 20,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+        after: After = None,
+        order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+        model: Model = None,
+        since: Since = None,
+        until: Until = None,
+        user_id: UserId = None,
+    ) -> dict[str, Any]:
+        """The caller's conversations by last activity, newest first (`order=asc`: oldest)."""
+        svc = _svc(request)
+        uid = scope_user(caller, user_id)
+        assert uid is not None
+        try:
+            page = svc.reader.get_user_conversations(
+                uid,
+                limit,
+                offset,
+                after=check_text("after", after),
+                order=order,
+                model=check_text("model", model),
+                since_ms=parse_time_ms("since", since),
+                until_ms=parse_time_ms("until", until),
+            )
+        except BadCursor as exc:
+            raise ApiError(400, str(exc), "bad_cursor") from None
+        return {
+            "object": "list",
+            "conversations": page.items,
+            "first_id": page.first_id,
+            "last_id": page.last_id,
+            "has_more": page.has_more,
+            "limit": limit,
+            "offset": offset,
+            "user_id": uid,
+        }
+
+    @router.get("/api/v1/conversations/{conversation_id}", tags=["history"])
+    def get_conversation(
+        request: Request,
+        caller: Caller,
+        conversation_id: ConversationId,
+        limit: Annotated[int, Query(ge=1, le=MAX_MESSAGES)] = 50,
+        user_id: UserId = None,
+    ) -> dict[str, Any]:
+        """The conversation's latest `limit` messages, oldest first, in OpenAI format."""
+        svc = _svc(request)
+        owner = _owner_of(svc, caller, conversation_id, user_id)
+        if owner is None:
+            raise _not_found()
+        meta = svc.reader.get_conversation(conversation_id, owner)
+        messages = svc.reader.get_conversation_messages(conversation_id, limit, user_id=owner)
+        if meta is None or messages is None:
+            raise _not_found()
+        return {"object": "conversation", "conversation_id": conversation_id, "conversation": meta,
+                "messages": messages}  # fmt: skip
+
+    @router.delete("/api/v1/conversations/{conversation_id}", tags=["history"])
+    def delete_conversation(
+        request: Request, caller: Caller, conversation_id: ConversationId, user_id: UserId = None
+    ) -> dict[str, Any]:
+        """Delete a conversation from every day it spans, the index and the rollups. Another
+        user's conversation answers 404, exactly as one that does not exist."""
+        svc = _svc(request)
+        owner = _owner_of(svc, caller, conversation_id, user_id)
+        if owner is None or not svc.reader.delete_user_conversation(owner, conversation_id):
+            raise _not_found()
+        log.info("conversation_deleted", conversation_id=conversation_id, user_id=owner, by=caller.user_id)
+        return {"message": "conversation deleted", "conversation_id": conversation_id, "deleted": True}
+
+    @router.get("/api/v1/conversations/{conversation_id}/errors", tags=["errors"])
+    def conversation_errors(
+        request: Request,
+        caller: Caller,
+        conversation_id: ConversationId,
+        limit: Annotated[int, Query(ge=1, le=MAX_MESSAGES)] = 100,
+        user_id: UserId = None,
+    ) -> dict[str, Any]:
+        """The conversation's failed requests, newest first."""
+        svc = _svc(request)
+        owner = _owner_of(svc, caller, conversation_id, user_id)
+        errors = (
+            svc.reader.get_conversation_errors(conversation_id, user_id=owner, limit=limit)
+            if owner is not None
+            else None
+        )
+        if errors is None:
+            raise _not_found()
+        return {"object": "list", "conversation_id": conversation_id, "errors": errors}
+
+    @router.get("/api/v1/errors", tags=["errors"])
+    def list_errors(
+        request: Request,
+        caller: Caller,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 20,
+        offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+        after: After = None,
+        model: Model = None,
+        since: Since = None,
+        until: Until = None,
+        user_id: UserId = None,
+    ) -> dict[str, Any]:
+        """The caller's failed requests (the error and the messages sent), newest first."""
+        svc = _svc(request)
+        uid = scope_user(caller, user_id)
+        assert uid is not None
+        try:
+            page = svc.reader.get_user_errors(
+                uid,
+                limit,
+                offset,
+                after=check_text("after", after),
+                model=check_text("model", model),
+                since_ms=parse_time_ms("since", since),
+                until_ms=parse_time_ms("until", until),
+            )
+        except BadCursor as exc:
+            raise ApiError(400, str(exc), "bad_cursor") from None
+        return {"object": "list", "errors": page.items, "first_id": page.first_id, "last_id": page.last_id,
+                "has_more": page.has_more, "limit": limit, "offset": offset, "user_id": uid}  # fmt: skip
+
+    @router.get("/api/v1/stats/conversations", tags=["history"])
+    def stats(
+        request: Request,
+        caller: Caller,
+        since: Annotated[str | None, Query(description="first day, YYYY-MM-DD (in MES's TZ)")] = None,
+        until: Annotated[str | None, Query(description="last day, YYYY-MM-DD, inclusive")] = None,
+        user_id: UserId = None,
+    ) -> dict[str, Any]:
+        """Totals that equal a recount of the rows: conversations, messages, tokens, models, days."""
+        svc = _svc(request)
+        uid = scope_user(caller, user_id)
+        assert uid is not None
+        result = svc.reader.get_conversation_stats(
+            uid, since=parse_day("since", since), until=parse_day("until", until)
+        )
+        return {**result, "user_id": uid}
+
+    @router.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, Any]:
+        """The process answers (liveness)."""
+        return {"status": "ok", "version": __version__}
+
+    @router.get("/readyz", tags=["operations"])
+    def readyz(request: Request) -> Response:
+        """The database (and Redis, when configured) answer (readiness)."""
+        svc = _svc(request)
+        checks: dict[str, str] = {}
+        try:
+            with svc.reader.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unavailable: {str(exc).splitlines()[0][:200]}"
+        if svc.redis is not None:
+            try:
+                svc.redis.ping()
+                checks["redis"] = "ok"
+            except Exception as exc:
+                checks["redis"] = f"unavailable: {str(exc)[:200]}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                              status_code=200 if ready else 503)  # fmt: skip
+
+    @router.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
