@@ -14,9 +14,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _settings() -> Any:
-    from mes.core.settings import Settings
+    """Settings from the environment. With REDIS_CONN_STRING unset, the embedded Redis of
+    a ``mes up`` running on the same data folder, if there is one."""
+    import os
 
-    return Settings.from_env()
+    from mes.core.settings import Settings, data_dir
+    from mes.embedded import runtime_redis_url
+
+    env = dict(os.environ)
+    if not env.get("REDIS_CONN_STRING"):
+        url = runtime_redis_url(data_dir(env))
+        if url:
+            env["REDIS_CONN_STRING"] = url
+    return Settings.from_env(env)
 
 
 def handle_errors(func: F) -> F:
@@ -219,6 +229,47 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         access_log=settings.debug,
         lifespan="on",
     )
+
+
+@main.command()
+@click.option(
+    "--workers", "-w", default=1, show_default=True, type=click.IntRange(1, 64), help="Worker processes."
+)
+@click.option("--host", default=None, help="API address (default MES_API_HOST, 127.0.0.1).")
+@click.option(
+    "--port", default=None, type=click.IntRange(0, 65535), help="API port (default MES_API_PORT, 8080)."
+)
+@handle_errors
+def up(workers: int, host: str | None, port: int | None) -> None:
+    """Run all of MES here: workers and the read API, on the configured database and Redis,
+    or with nothing configured on SQLite and an embedded Redis in MES_DATA_DIR.
+    Ctrl-C stops it in order, losing nothing."""
+    from mes.core.log import configure_logging
+    from mes.core.settings import Settings
+    from mes.up import run_up
+
+    settings = Settings.from_env()  # not _settings(): an old run file must not stand in for Redis
+    configure_logging(debug=settings.debug)
+    sys.exit(run_up(settings, workers=workers, host=host, port=port))
+
+
+@main.command()
+@click.option(
+    "--user-id", default=1, show_default=True, type=click.IntRange(0, 2_147_483_647), help="Whose history."
+)
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the worker.")
+@handle_errors
+def demo(user_id: int, timeout: float) -> None:
+    """Record a few conversations through the real producer and read them back
+    (needs a running `mes up`, or a `mes worker` on the same Redis and database)."""
+    settings = _settings()
+    if not settings.queue.redis_url:
+        from mes.core.errors import ConfigError
+
+        raise ConfigError("REDIS_CONN_STRING is not set and no `mes up` is running on this MES_DATA_DIR")
+    from mes.demo import run_demo
+
+    sys.exit(run_demo(settings, user_id=user_id, timeout=timeout))
 
 
 @main.command()

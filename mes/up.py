@@ -1,0 +1,130 @@
+"""``mes up``: the whole of MES on one machine, in one command.
+
+With nothing configured: SQLite in the data folder (``MES_SQL_DSN=local``) and an
+embedded Redis (see :mod:`mes.embedded`). With ``MES_SQL_DSN`` / ``REDIS_CONN_STRING``
+set, those. Then worker processes (``mes worker``) and the HTTP API in this process.
+
+Ctrl-C (SIGINT) or SIGTERM stops it in order, losing nothing: the API stops taking
+requests, the workers finish their batch (what is left stays queued in Redis), and
+the embedded Redis shuts down last, flushing its append-only file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import click
+
+from .core.settings import Settings
+
+__all__ = ["operator_key", "run_up"]
+
+
+def operator_key(data_dir: str) -> str:
+    """The operator key of this data folder: made once, kept in ``<data>/api-key`` (0600)."""
+    path = os.path.join(data_dir, "api-key")
+    with contextlib.suppress(OSError):
+        with open(path, encoding="utf-8") as f:
+            key = f.read().strip()
+        if len(key) >= 16:
+            return key
+    os.makedirs(data_dir, exist_ok=True)
+    key = "mes-" + secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key + "\n")
+    return key
+
+
+def run_up(settings: Settings, *, workers: int, host: str | None, port: int | None) -> int:
+    import uvicorn
+
+    from .api.app import create_app
+    from .embedded import EmbeddedRedis
+
+    data_dir = os.path.abspath(settings.data_dir)
+    env = dict(os.environ)
+    redis_server = None
+    if not settings.queue.redis_url:
+        redis_server = EmbeddedRedis(data_dir, port=int(env.get("MES_EMBEDDED_REDIS_PORT", "6379") or 0))
+        redis_server.start()
+        env["REDIS_CONN_STRING"] = redis_server.url
+    api_key = settings.api.api_key
+    if api_key is None:
+        api_key = operator_key(data_dir)
+        env["MES_API_KEY"] = api_key
+    env.setdefault("MES_DATA_DIR", data_dir)
+    settings = Settings.from_env(env)  # the same settings the workers will read
+    host = host or settings.api.host
+    port = settings.api.port if port is None else port
+
+    from .storage import Storage
+
+    Storage.open(settings.database).close()  # create the database before the workers race to
+    worker_cmd = [sys.executable, "-m", "mes", "worker", "--processes", str(workers)]
+    worker = subprocess.Popen(worker_cmd, env=env, start_new_session=True)
+    procs: dict[str, Any] = {"worker": worker}
+    try:
+        _banner(settings, redis_server is not None, host, port, api_key)
+        config = uvicorn.Config(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=settings.debug,
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        # uvicorn re-raises SIGINT once it has shut down: that is our Ctrl-C
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
+        return 0 if server.started else 1
+    finally:
+        click.echo("mes: stopping: workers finish their batch first", err=True)
+        _stop(procs["worker"])
+        if redis_server is not None:
+            redis_server.stop()
+        click.echo("mes: stopped; nothing queued was lost", err=True)
+
+
+def _stop(process: subprocess.Popen[Any], timeout: float = 60.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)  # warm shutdown: the current batch commits
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def _banner(settings: Settings, embedded: bool, host: str, port: int, api_key: str) -> None:
+    base = f"http://{host}:{port}"
+    redis_line = settings.queue.redis_url + (" (embedded, data in MES_DATA_DIR/redis)" if embedded else "")
+    lines = [
+        "",
+        "MES is up",
+        f"  database   {settings.database.db.describe()}",
+        f"  queue      {redis_line}",
+        f"  read API   {base}   (OpenAPI: {base}/docs, health: {base}/healthz, metrics: {base}/metrics)",
+        f"  API key    {api_key}   (operator key; New API tokens work too when SQL_DSN is set)",
+        "",
+        "Record a first event from another terminal:",
+        f"  REDIS_CONN_STRING={settings.queue.redis_url} mes demo",
+        "or over HTTP:",
+        f"  curl -s -X POST {base}/api/v1/events -H 'Authorization: Bearer {api_key}' \\",
+        '    -H \'Content-Type: application/json\' -d \'{"events": [{"kind": "chat", "conversation_id": "hello", '
+        '"user_id": 1, "model_name": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], '
+        '"response": {"choices": [{"message": {"role": "assistant", "content": "Hello!"}}]}}]}\'',
+        f"  curl -s '{base}/api/v1/conversations?user_id=1' -H 'Authorization: Bearer {api_key}'",
+        "",
+        "Ctrl-C stops it (nothing queued is lost).",
+        "",
+    ]
+    click.echo("\n".join(lines), err=True)
