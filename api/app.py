@@ -123,6 +123,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         default_response_class=JSONResponse,
         lifespan=lifespan,
     )
+    if services is not None:
+        app.state.services = services  # usable without running the lifespan
     _install_error_handlers(app)
     _install_metrics(app)
     app.include_router(_routes())
