@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
+import structlog
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
@@ -178,11 +180,16 @@ def _install_metrics(app: FastAPI) -> None:
     async def _timed(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.perf_counter()
         status = 500
+        given = request.headers.get("x-request-id", "")
+        request_id = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex[:16]
+        structlog.contextvars.bind_contextvars(request_id=request_id)  # on every log line of this request
         try:
             response = await call_next(request)
             status = response.status_code
+            response.headers["X-Request-ID"] = request_id
             return response
         finally:
+            structlog.contextvars.unbind_contextvars("request_id")
             route = request.scope.get("route")
             path = getattr(route, "path", "unmatched")
             API_LATENCY.labels(request.method, path, str(status)).observe(time.perf_counter() - start)
