@@ -40,9 +40,34 @@ class Storage:
         """
         bootstrap_database(settings)
         storage = cls(settings, clock_ms=clock_ms)
+        storage._refuse_foreign_tables()
         storage.catalog.ensure_base()
         storage.create_ahead()
         return storage
+
+    def _refuse_foreign_tables(self) -> None:
+        """History tables MES did not create (the Go version's, say) lack MES's columns;
+        writing into them would fail batch after batch. Say so once, at start."""
+        from sqlalchemy import inspect
+
+        from ..core.errors import ConfigError
+
+        inspector = inspect(self.engine)
+        names = sorted(
+            (
+                n
+                for n in self.catalog.refresh()
+                if n.startswith(("conversation_histories", "error_conversation_histories"))
+            ),
+            reverse=True,
+        )
+        for name in names[:3]:
+            columns = {c["name"] for c in inspector.get_columns(name)}
+            if "event_id" not in columns:
+                raise ConfigError(
+                    f"{self.settings.source}: table {name} exists without MES's columns (created by the Go "
+                    "version?): give MES its own database, e.g. a new database name in the DSN"
+                )
 
     def create_ahead(self) -> None:
         """Create today's and the next ``MES_CREATE_AHEAD_DAYS`` days' tables (partitioned only)."""

@@ -1,7 +1,7 @@
 """Table definitions: the seed's history tables plus MES's index, rollup, ledger and dead letters.
 
 History tables keep the Go version's names and columns so an operator can point MES at
-the tables they already have (``mes migrate`` adds the columns below that Go lacks):
+the same names (MES writes to tables it created itself: the columns below are MES's own):
 
 * ``conversation_histories[_YYYY_MM_DD]``: one row per stored message. MES adds
   ``event_id`` (the event that stored it), ``seq`` (its position in the request),

@@ -257,3 +257,19 @@ def test_random_ingest_and_delete_keep_stats_and_listing_equal_to_a_recount(back
         assert [c["last_at_ms"] for c in listed] == sorted((last_ms[c["id"]] for c in listed), reverse=True)
         per_model = Counter(e["model_name"] for e in chats)
         assert {m: n for m, n in stats["tokens_by_model"].items()} == {m: 7 * n for m, n in per_model.items()}
+
+
+def test_tables_of_the_go_version_are_refused_with_one_clear_line(backend):
+    """MES does not write into a Go-era table that lacks its columns: it says so at start."""
+    from sqlalchemy import text
+
+    from mes.core.errors import ConfigError
+
+    storage = backend.storage(daily=False)
+    with storage.engine.begin() as conn:
+        conn.execute(text("DROP TABLE conversation_histories"))
+        conn.execute(
+            text("CREATE TABLE conversation_histories (id INTEGER PRIMARY KEY, conversation_id VARCHAR(191))")
+        )
+    with pytest.raises(ConfigError, match="without MES's columns"):
+        Storage.open(backend.settings(daily=False))
