@@ -2,8 +2,9 @@
 
 * the API serves ``/metrics`` (its own request latency, plus the queue gauges below);
 * a worker serves them on ``MES_METRICS_PORT`` when set (batches, rows, dead letters);
-* a producer counts in-process (``Producer.stats()``) and into the counters here, which
-  the gateway may expose with its own ``prometheus_client`` endpoint.
+* a producer's counters (``Producer.stats()``) are in the process's default
+  ``prometheus_client`` registry, read at scrape time: a gateway that serves
+  ``prometheus_client`` metrics exports ``mes_producer_events_total`` with no extra work.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 __all__ = [
@@ -21,9 +22,9 @@ __all__ = [
     "BATCH_SECONDS",
     "DEAD_LETTERS",
     "PARTITIONS_CREATED",
-    "PRODUCER_EVENTS",
     "ROWS",
     "QueueCollector",
+    "register_producer_collector",
     "register_queue_collector",
 ]
 
@@ -33,9 +34,6 @@ API_LATENCY = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-PRODUCER_EVENTS = Counter(
-    "mes_producer_events_total", "events by what the producer did with them", ["outcome"]
-)  # outcome: recorded, enqueued, spooled, resent, dropped
 BATCHES = Counter("mes_worker_batches_total", "batches (jobs) a worker finished", ["outcome"])
 ROWS = Counter("mes_worker_rows_total", "history rows written", ["kind"])  # chat, error
 BATCH_SECONDS = Histogram(
@@ -75,3 +73,33 @@ def register_queue_collector(read: Callable[[], dict[str, int]]) -> None:
         return
     _queue_collector = QueueCollector(read)
     REGISTRY.register(_queue_collector)
+
+
+class ProducerCollector(Collector):
+    """The producers of this process, read at scrape time: nothing on the hot path."""
+
+    def __init__(self, live: Callable[[], list[Any]]) -> None:
+        self._live = live
+
+    def collect(self) -> Iterator[Any]:
+        stats = [p.stats() for p in self._live()]
+        events = CounterMetricFamily(
+            "mes_producer_events", "events by what this process's producer did with them", labels=["outcome"]
+        )
+        for outcome in ("recorded", "enqueued", "spooled", "resent", "dropped"):
+            events.add_metric([outcome], sum(getattr(s, outcome) for s in stats))
+        yield events
+        buffered = GaugeMetricFamily("mes_producer_buffered_events", "events in the producer's memory now")
+        buffered.add_metric([], sum(s.buffered for s in stats))
+        yield buffered
+
+
+_producer_collector: ProducerCollector | None = None
+
+
+def register_producer_collector(live: Callable[[], list[Any]]) -> None:
+    """Export producer counters from this process (once)."""
+    global _producer_collector
+    if _producer_collector is None:
+        _producer_collector = ProducerCollector(live)
+        REGISTRY.register(_producer_collector)

@@ -20,11 +20,13 @@ from __future__ import annotations
 import os
 import threading
 
+from ..core.metrics import register_producer_collector
 from ..core.settings import ProducerSettings
-from .producer import Producer, ProducerStats
+from .producer import _LIVE, Producer, ProducerStats
 
 __all__ = ["Producer", "ProducerStats", "get_producer"]
 
+register_producer_collector(lambda: list(_LIVE))
 _instance: Producer | None = None
 _instance_lock = threading.Lock()
 

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..core.log import get_logger
+from ..core.metrics import PARTITIONS_CREATED
 from .tables import (
     CHAT_BASE,
     ERROR_BASE,
@@ -155,6 +156,7 @@ class Catalog:
                 if "exist" not in str(exc.orig).lower() and "duplicate" not in str(exc.orig).lower():
                     raise
         self.created_count += 1
+        PARTITIONS_CREATED.inc()
         log.info("table_created", table=name)
 
     def _exists(self, name: str) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 from rq import get_current_job
 
+from ..core import metrics
 from ..core.errors import InvalidEvent
 from ..core.log import get_logger
 from ..schemas import decode_event
@@ -62,6 +63,7 @@ def write_batch(batch_id: str) -> dict[str, Any]:
         if job is not None:
             job.retries_left = 0  # retrying cannot fix the events
         sample = dead[0].reason
+        metrics.BATCHES.labels("poisoned").inc()
         log.error("batch_poisoned", batch_id=batch_id, events=len(items), invalid=len(dead), example=sample)
         raise PoisonBatchError(f"{len(dead)} of {len(items)} events are invalid, e.g.: {sample}")
     result = ctx.storage.writer.write_isolating(events, dead, batch_id=batch_id)
@@ -69,7 +71,14 @@ def write_batch(batch_id: str) -> dict[str, Any]:
         pipe.delete(key)
         pipe.zrem(ctx.keys.batches, batch_id)
         pipe.execute()
-    ms = round((time.perf_counter() - started) * 1000, 1)
+    seconds = time.perf_counter() - started
+    ms = round(seconds * 1000, 1)
+    metrics.BATCHES.labels("written").inc()
+    metrics.BATCH_SECONDS.observe(seconds)
+    metrics.ROWS.labels("chat").inc(result.rows)
+    metrics.ROWS.labels("error").inc(result.error_rows)
+    if result.dead_lettered:
+        metrics.DEAD_LETTERS.inc(result.dead_lettered)
     log.info(
         "batch_written",
         batch_id=batch_id,

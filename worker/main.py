@@ -46,6 +46,15 @@ def run_one(settings: Settings, *, burst: bool = False, name: str | None = None)
     redis = connect(settings)
     ctx = WorkerContext.build(settings, redis)
     install(ctx)
+    if settings.api.metrics_port:
+        from prometheus_client import start_http_server
+
+        from ..core.metrics import register_queue_collector
+        from ..core.queue import queue_figures
+
+        start_http_server(settings.api.metrics_port, addr="0.0.0.0")
+        register_queue_collector(lambda: queue_figures(redis, settings.queue.queue_name))
+        log.info("metrics_listening", port=settings.api.metrics_port)
     try:
         worker = MESWorker.for_context(ctx, name=name)
         log.info("worker_started", worker=worker.name, queue=settings.queue.queue_name,
@@ -69,8 +78,14 @@ def supervise(processes: int, argv: list[str]) -> int:
     children: dict[int, subprocess.Popen[Any]] = {}
     stopping = False
 
+    base_port = int(os.environ.get("MES_METRICS_PORT") or 0)
+
     def spawn(slot: int) -> None:
-        children[slot] = subprocess.Popen([sys.executable, "-m", "mes", "worker", "--processes", "1", *argv])
+        env = dict(os.environ)
+        if base_port:
+            env["MES_METRICS_PORT"] = str(base_port + slot)  # one metrics port per process
+        cmd = [sys.executable, "-m", "mes", "worker", "--processes", "1", *argv]
+        children[slot] = subprocess.Popen(cmd, env=env)
 
     def stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
