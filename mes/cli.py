@@ -154,7 +154,7 @@ class _QueueTools:
 @handle_errors
 def replay_failed(job_ids: tuple[str, ...], older_than: str | None) -> None:
     """Requeue jobs from RQ's failed registry (all by default). `rq requeue --all
-    --serializer rq.serializers.JSONSerializer -q mes` does the same."""
+    --serializer rq.serializers.JSONSerializer --queue mes` does the same."""
     from mes.worker.replay import replay_failed_jobs
 
     tools = _QueueTools()

@@ -250,7 +250,9 @@ def _restore_database(backend: Any, proxy: Proxy | None) -> None:
         os.rename(backend.tmp_path / "db-away", backend.tmp_path / "db")
 
 
-def test_database_down_jobs_fail_then_replay_writes_every_row_once(backend, redis_server):
+@pytest.mark.parametrize("replay_with", ["mes", "rq"])
+def test_database_down_jobs_fail_then_replay_writes_every_row_once(backend, redis_server, replay_with):
+    """...and RQ's own `rq requeue` (with the JSON serializer) does what `mes replay failed` does."""
     proxy = Proxy(*backend.address) if backend.name != "sqlite" else None
     env = {"MES_SQL_DSN": backend.proxied_dsn(proxy.port)} if proxy else {}
     settings = mes_settings(backend, redis_server, **env)
@@ -267,9 +269,17 @@ def test_database_down_jobs_fail_then_replay_writes_every_row_once(backend, redi
     queue = make_queue(redis_server.client(), "mes", job_class=MESJob)
     assert FailedJobRegistry(queue=queue).count >= 1
     _restore_database(backend, proxy)
-    result = CliRunner().invoke(cli, ["replay", "failed"], env=settings_env(backend, redis_server, env))
-    assert result.exit_code == 0, result.output
-    assert "requeued" in result.output
+    if replay_with == "mes":
+        result = CliRunner().invoke(cli, ["replay", "failed"], env=settings_env(backend, redis_server, env))
+        assert result.exit_code == 0, result.output
+        assert "requeued" in result.output
+    else:
+        rq = os.path.join(os.path.dirname(sys.executable), "rq")
+        cmd = [rq, "requeue", "--all", "--serializer", "rq.serializers.JSONSerializer", "--queue", "mes",
+               "-u", redis_server.url]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert FailedJobRegistry(queue=queue).count == 0
     run_workers(settings, redis_server, storage)
     ids = applied_events(storage)
     assert len(ids) == 200 == len(set(ids))
