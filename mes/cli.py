@@ -220,15 +220,15 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     host = host or settings.api.host
     port = settings.api.port if port is None else port
     click.echo(f"mes: API on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)", err=True)
-    uvicorn.run(
-        "mes.api.main:app",
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,  # our logging: JSON lines, or readable with DEBUG=true
-        access_log=settings.debug,
-        lifespan="on",
-    )
+    if workers > 1:
+        uvicorn.run("mes.api.main:app", host=host, port=port, workers=workers, log_config=None,
+                    access_log=settings.debug, lifespan="on")  # fmt: skip
+        return
+    from mes.api.app import create_app
+    from mes.up import serve_app
+
+    if not serve_app(create_app(settings), host=host, port=port, access_log=settings.debug):
+        sys.exit(1)
 
 
 @main.command()

@@ -23,7 +23,7 @@ import click
 
 from .core.settings import Settings
 
-__all__ = ["operator_key", "run_up"]
+__all__ = ["operator_key", "run_up", "serve_app"]
 
 
 def operator_key(data_dir: str) -> str:
@@ -43,8 +43,6 @@ def operator_key(data_dir: str) -> str:
 
 
 def run_up(settings: Settings, *, workers: int, host: str | None, port: int | None) -> int:
-    import uvicorn
-
     from .api.app import create_app
     from .embedded import EmbeddedRedis
 
@@ -72,25 +70,31 @@ def run_up(settings: Settings, *, workers: int, host: str | None, port: int | No
     procs: dict[str, Any] = {"worker": worker}
     try:
         _banner(settings, redis_server is not None, host, port, api_key)
-        config = uvicorn.Config(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=settings.debug,
-            lifespan="on",
-        )
-        server = uvicorn.Server(config)
-        # uvicorn re-raises SIGINT once it has shut down: that is our Ctrl-C
-        with contextlib.suppress(KeyboardInterrupt):
-            server.run()
-        return 0 if server.started else 1
+        started = serve_app(create_app(settings), host=host, port=port, access_log=settings.debug)
+        return 0 if started else 1
     finally:
         click.echo("mes: stopping: workers finish their batch first", err=True)
         _stop(procs["worker"])
         if redis_server is not None:
             redis_server.stop()
         click.echo("mes: stopped; nothing queued was lost", err=True)
+
+
+def serve_app(app: Any, **config: Any) -> bool:
+    """Run ``app`` under uvicorn until SIGINT or SIGTERM; a clean stop exits 0.
+
+    uvicorn shuts down on either signal, then raises it again at the handler that was
+    there before: so there is one, which does nothing. Returns whether it started."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", **config))
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # SIGINT comes back as this
+            server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return bool(server.started)
 
 
 def _stop(process: subprocess.Popen[Any], timeout: float = 60.0) -> None:
