@@ -131,3 +131,28 @@ def test_up_with_no_configuration_records_reads_survives_restart(tmp_path):
         assert len(up.get("/api/v1/conversations", user_id=7, limit=100).json()["conversations"]) == 21
     finally:
         assert up.interrupt() == 0
+
+
+def test_up_uses_the_configured_database_and_redis(server_backend, redis_server, tmp_path):
+    """With MES_SQL_DSN and REDIS_CONN_STRING set, `mes up` runs on those (no embedded Redis)."""
+    up = Up(tmp_path)
+    up.env.update(
+        server_backend.env(REDIS_CONN_STRING=redis_server.url, MES_DATA_DIR=str(tmp_path / "mes-data"))
+    )
+    up.start()
+    try:
+        assert runtime_redis_url(str(tmp_path / "mes-data")) is None  # nothing embedded
+        producer = Producer(ProducerSettings.from_env({"REDIS_CONN_STRING": redis_server.url,
+                                                       "MES_SPOOL_DIR": str(tmp_path / "spool")}))  # fmt: skip
+        for n in range(50):
+            producer.save_chat_completion(f"c{n % 5}", [{"role": "user", "content": f"q{n}"}],
+                                          {"choices": [{"message": {"role": "assistant", "content": "a"}}]},
+                                          "gpt-4o", 3, 1, 1)  # fmt: skip
+        producer.close()
+        deadline = time.monotonic() + 60
+        while up.get("/api/v1/stats/conversations", user_id=3).json()["total_messages"] < 100:
+            assert time.monotonic() < deadline, "events did not arrive"
+            time.sleep(0.3)
+        assert redis_server.client().dbsize() > 0  # the queue lives in the configured Redis
+    finally:
+        assert up.interrupt() == 0
