@@ -281,10 +281,10 @@ def _routes() -> Any:
         owner = _owner_of(svc, caller, conversation_id, user_id)
         if owner is None:
             raise _not_found()
-        meta = svc.reader.get_conversation(conversation_id, owner)
-        messages = svc.reader.get_conversation_messages(conversation_id, limit, user_id=owner)
-        if meta is None or messages is None:
+        found = svc.reader.read_conversation(conversation_id, limit, user_id=owner)
+        if found is None:
             raise _not_found()
+        meta, messages = found
         return {"object": "conversation", "conversation_id": conversation_id, "conversation": meta,
                 "messages": messages}  # fmt: skip
 

@@ -215,8 +215,18 @@ class HistoryReader:
         """The latest ``limit`` messages of a conversation, oldest first; None if it is not
         (one of ``user_id``'s). Reads only the days the conversation spans."""
         conv = self._one(conversation_id, user_id)
-        if conv is None:
-            return None
+        return None if conv is None else self._messages(conv, limit)
+
+    def read_conversation(
+        self, conversation_id: str, limit: int = 50, *, user_id: int | None = None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The conversation's index entry and its latest ``limit`` messages, with one
+        lookup of the index; None if it is not (one of ``user_id``'s)."""
+        conv = self._one(conversation_id, user_id)
+        return None if conv is None else (_conversation(conv), self._messages(conv, limit))
+
+    def _messages(self, conv: Any, limit: int) -> list[dict[str, Any]]:
+        conversation_id = conv.conversation_id
         days = [int(d) for d in conv.days.split(",") if d]
         found: list[dict[str, Any]] = []
         with self.engine.connect() as conn:
