@@ -296,5 +296,10 @@ def verify() -> None:
     click.echo("index and rollups equal a recount of the rows")
 
 
+from .cli_ops import register as _register_ops  # noqa: E402  (partitions, doctor, stats)
+
+_register_ops(main, handle_errors)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -88,8 +88,24 @@ class MESWorker(SimpleWorker):
         try:
             self.stager.reap()
             ctx.storage.create_ahead()
+            self._retention()
         except Exception as exc:  # upkeep must never stop the worker; the next pass retries
             log.error("maintenance_failed", error=str(exc)[:300])
+
+    def _retention(self) -> None:
+        """``MES_RETENTION_DAYS``: drop daily tables past it, at most once an hour across
+        all workers (a Redis key records the last run)."""
+        ctx = self.mes_context
+        days = ctx.settings.worker.retention_days
+        if days <= 0 or not ctx.storage.catalog.daily:
+            return
+        if not ctx.redis.set(f"{ctx.keys.prefix}:retention:last", self.name, nx=True, ex=3600):
+            return
+        from ..storage.partitions import apply_retention
+
+        dropped = apply_retention(ctx.storage, days)
+        if dropped:
+            log.info("retention_applied", retention_days=days, days=[d.isoformat() for d in dropped])
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         """RQ's wait for a job, with staging cut between short waits.
