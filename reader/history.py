@@ -23,6 +23,7 @@ from sqlalchemy import Table, and_, desc, or_, select
 
 from ..core.days import date_of_int, day_int
 from ..storage import Storage
+from ..storage.tables import STAT_COUNTERS
 from .messages import error_record, message_from_row
 
 __all__ = ["AmbiguousConversation", "BadCursor", "HistoryReader", "Page"]
@@ -35,15 +36,6 @@ _ERROR_COLS = (
     "event_id", "conversation_id", "user_id", "model_name", "error_code", "error_message", "created_at",
     "created_at_ms", "seq", "role", "content", "other",
 )  # fmt: skip
-_STAT_COUNTERS = (
-    "messages",
-    "conversations",
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-)
 
 
 class BadCursor(ValueError):
@@ -258,19 +250,19 @@ class HistoryReader:
     ) -> dict[str, Any]:
         """Totals from the daily rollups (``since``/``until``: inclusive days in ``TZ``)."""
         s = self.catalog.daily_stats
-        q = select(s.c.day, s.c.model_name, *(s.c[n] for n in _STAT_COUNTERS)).where(s.c.user_id == user_id)
+        q = select(s.c.day, s.c.model_name, *(s.c[n] for n in STAT_COUNTERS)).where(s.c.user_id == user_id)
         if since is not None:
             q = q.where(s.c.day >= day_int(since))
         if until is not None:
             q = q.where(s.c.day <= day_int(until))
-        totals = dict.fromkeys(_STAT_COUNTERS, 0)
+        totals = dict.fromkeys(STAT_COUNTERS, 0)
         models: dict[str, int] = {}
         tokens_by_model: dict[str, int] = {}
         daily: dict[str, int] = {}
         daily_errors: dict[str, int] = {}
         with self.engine.connect() as conn:
             for row in conn.execute(q):
-                for name in _STAT_COUNTERS:
+                for name in STAT_COUNTERS:
                     totals[name] += int(row._mapping[name])
                 day = date_of_int(row.day).isoformat()
                 if row.messages:

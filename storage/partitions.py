@@ -30,6 +30,7 @@ from ..core.days import date_of_int, day_int
 from ..core.errors import ConfigError
 from ..core.log import get_logger
 from .plan import _title
+from .tables import STAT_COUNTERS
 
 if TYPE_CHECKING:
     from . import Storage
@@ -50,15 +51,6 @@ log = get_logger("mes.partitions")
 ARCHIVE_FORMAT = "mes-day-archive"
 ARCHIVE_VERSION = 1
 KINDS = ("chat", "error", "ledger")
-_COUNTERS = (
-    "messages",
-    "conversations",
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-)
 Progress = Callable[[int], None]
 
 
@@ -191,8 +183,8 @@ def _add_stats(conn: Any, storage: Storage, key: tuple[int, int, str], deltas: d
         if any(v < 0 for v in deltas.values()):
             return  # the row went with its day
         conn.execute(insert(s).values(user_id=uid, day=day, model_name=model,
-                                      **{n: deltas.get(n, 0) for n in _COUNTERS}))  # fmt: skip
-    conn.execute(delete(s).where(*where, *(s.c[n] == 0 for n in _COUNTERS)))
+                                      **{n: deltas.get(n, 0) for n in STAT_COUNTERS}))  # fmt: skip
+    conn.execute(delete(s).where(*where, *(s.c[n] == 0 for n in STAT_COUNTERS)))
 
 
 def _fix_conversations(

@@ -47,6 +47,7 @@ __all__ = [
     "CHAT_BASE",
     "ERROR_BASE",
     "LEDGER_BASE",
+    "STAT_COUNTERS",
     "DayTables",
     "day_suffix",
     "parse_day_suffix",
@@ -210,6 +211,18 @@ def conversations_table(metadata: MetaData, ids: str | None = None) -> Table:
         Index("ix_mes_conversations_user_last", "user_id", "last_at_ms", "conversation_id"),
         **MYSQL_TABLE_ARGS,
     )
+
+
+# The counters of a mes_daily_stats row, in column order.
+STAT_COUNTERS = (
+    "messages",
+    "conversations",
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+)
 
 
 def daily_stats_table(metadata: MetaData, ids: str | None = None) -> Table:

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from ..core.days import day_int
 from .catalog import Catalog
-from .tables import CHAT_BASE, ERROR_BASE
+from .tables import CHAT_BASE, ERROR_BASE, STAT_COUNTERS
 
 __all__ = ["Recount", "compare", "read_index", "recount"]
 
@@ -106,15 +106,7 @@ def read_index(catalog: Catalog) -> Recount:
 
     stats: dict[tuple[int, int, str], dict[str, int]] = {}
     convs: dict[tuple[str, int], dict[str, Any]] = {}
-    names = (
-        "messages",
-        "conversations",
-        "requests",
-        "errors",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-    )
+    names = STAT_COUNTERS
     with catalog.engine.connect() as conn:
         for row in conn.execute(
             text("SELECT user_id, day, model_name, " + ", ".join(names) + " FROM mes_daily_stats")
