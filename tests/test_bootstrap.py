@@ -1,0 +1,82 @@
+"""Database bootstrap on every backend: created if missing, in the right charset, WAL on
+SQLite, a clear line when PostgreSQL may not create it; big contents fit."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from mes.core.errors import ConfigError
+from mes.storage import Storage
+from mes.storage.engine import sqlalchemy_url
+
+from .conftest import TEST_DB, Backend, _check, _server_engine, missing, reset_database
+from .factories import chat
+
+
+def test_database_is_created_if_missing(backend):
+    storage = backend.storage()  # the fixture dropped the database (or SQLite's folder is new)
+    with storage.engine.connect() as conn:
+        if backend.name == "mysql":
+            charset, collation = conn.execute(text(
+                "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
+                "WHERE SCHEMA_NAME = DATABASE()")).one()  # fmt: skip
+            assert (charset, collation) == ("utf8mb4", "utf8mb4_unicode_ci")
+        elif backend.name == "postgresql":
+            assert conn.execute(text("SELECT current_database()")).scalar_one() == TEST_DB
+            assert conn.execute(text("SHOW server_encoding")).scalar_one() == "UTF8"
+        else:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+            assert (backend.tmp_path / "db" / "mes.db").exists()
+    names = storage.catalog.refresh()
+    assert {"mes_conversations", "mes_daily_stats", "mes_dead_letters"} <= names
+    Storage.open(backend.settings()).close()  # a second start finds everything in place
+
+
+@pytest.fixture
+def postgres_backend(tmp_path):
+    reason = _check("postgresql")
+    if reason:
+        missing("postgresql", reason)
+    reset_database("postgresql")
+    yield Backend("postgresql", tmp_path)
+
+
+def test_postgres_role_that_may_not_create_databases_gets_one_line_saying_how(postgres_backend):
+    server_backend = postgres_backend
+    admin = _server_engine("postgresql")
+    with admin.connect() as conn:
+        conn.execute(text("DROP ROLE IF EXISTS mes_nocreate"))
+        conn.execute(text("CREATE ROLE mes_nocreate LOGIN NOCREATEDB"))
+    try:
+        settings = server_backend.settings()
+        db = dataclasses.replace(
+            settings.db, user="mes_nocreate", password=None, database=TEST_DB + "_nocreate"
+        )
+        with pytest.raises(ConfigError) as caught:
+            Storage.open(dataclasses.replace(settings, db=db))
+        message = str(caught.value)
+        assert "\n" not in message and "createdb" in message.lower() and TEST_DB + "_nocreate" in message
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text("DROP ROLE IF EXISTS mes_nocreate"))
+        admin.dispose()
+
+
+def test_a_15_mb_message_with_emoji_round_trips(backend):
+    """LONGTEXT on MySQL (TEXT would stop at 64 KB); the same bytes back on every backend."""
+    storage = backend.storage()
+    unit = "😀 emoji, 中文, and ascii. "
+    content = unit * (15 * 1024 * 1024 // len(unit.encode()))
+    assert 14 * 1024 * 1024 < len(content.encode()) <= 15 * 1024 * 1024
+    storage.writer.write([chat("huge", [{"role": "user", "content": content}], "ok")])
+    engine = create_engine(sqlalchemy_url(storage.settings.db), poolclass=NullPool)
+    with engine.connect() as conn:
+        got = conn.execute(
+            text("SELECT content FROM conversation_histories_2026_01_15 WHERE role = 'user'")
+        ).scalar_one()
+    engine.dispose()
+    assert got == content
