@@ -20,8 +20,11 @@ __all__ = ["configure_logging", "get_logger"]
 
 
 def get_logger(name: str, **context: Any) -> Any:
-    """A structlog logger whose every line carries ``mes=True`` and ``logger=name``."""
-    return structlog.get_logger(name).bind(mes=True, logger=name, **context)
+    """A structlog logger whose every line carries ``mes=True`` (and ``logger=name`` once configured).
+
+    Lazy: it takes the configuration in force when it first logs, so module-level
+    loggers made at import follow a later :func:`configure_logging`."""
+    return structlog.get_logger(name, mes=True, **context)  # add_logger_name adds "logger"
 
 
 def _tag_mes(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
