@@ -1,0 +1,265 @@
+"""The storage writer against the Go pattern and against the raw bulk-insert ceiling.
+
+    python bench/writer.py --backend all --events 3000 --repeat 3
+
+On each backend, in one run, on one connection each:
+
+* **naive** (the Go version): one INSERT and one COMMIT per message row, in order, as the
+  Go MESHelper does on the request path (every message of each request, the earlier
+  turns again each time);
+* **writer**: MES's ``BatchWriter.write`` with batches of ``--batch`` events (ledger,
+  conversation locks, chain ids, dedup of re-sent history, rows, index and rollups, one
+  transaction per batch), on fresh tables;
+* **raw**: exactly the rows the writer stored, inserted with the same bulk statement the
+  writer uses (``executemany`` multi-row INSERT on MySQL, ``COPY`` on PostgreSQL,
+  ``executemany`` on SQLite) in the same batch sizes, into a table with no secondary index
+  and no rollup work: the ceiling;
+* **raw+unique**: the same, into a table with the history table's unique
+  ``(conversation_id, message_id)`` index: what that one index costs.
+
+Figures are message rows per second, median of ``--repeat`` runs. The ratios printed are
+writer ÷ naive (target ≥ 8x on MariaDB and PostgreSQL) and the writer efficiency,
+writer ÷ raw (target ≥ 60 %). Databases ``mes_bench_writer`` are created and dropped on
+the local servers (``--mysql`` / ``--postgres`` to point elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import Column, MetaData, Table, create_engine, insert, select, text
+from sqlalchemy.pool import NullPool
+
+from mes.core.log import configure_logging
+from mes.core.settings import DatabaseSettings
+from mes.storage import Storage
+from mes.storage.bulk import bulk_for
+from mes.storage.engine import sqlalchemy_url
+from mes.storage.tables import chat_table
+
+DB = "mes_bench_writer"
+BASE_MS = 1_768_464_000_000  # 2026-01-15 08:00 UTC
+WORDS = [
+    "the",
+    "model",
+    "said",
+    "that",
+    "a",
+    "gateway",
+    "stores",
+    "every",
+    "message",
+    "of",
+    "every",
+    "request",
+    "and",
+    "its",
+    "answer",
+    "你好",
+    "😀",
+]
+
+
+def text_of(rng: random.Random, n_words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n_words))
+
+
+def make_events(n: int, seed: int = 7) -> list[dict[str, Any]]:
+    """Multi-turn chats as a gateway sends them: each request re-sends the history."""
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    ms = BASE_MS
+    while len(events) < n:
+        cid = f"bench-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}"
+        user = rng.randint(1, 500)
+        history: list[dict[str, Any]] = [{"role": "system", "content": "You are a helpful assistant."}]
+        for _ in range(rng.randint(1, 6)):
+            history.append({"role": "user", "content": text_of(rng, rng.randint(10, 150))})
+            answer = text_of(rng, rng.randint(20, 300))
+            ms += rng.randint(1, 50)
+            events.append({
+                "schema_version": 1, "kind": "chat", "event_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+                "occurred_at": ms, "conversation_id": cid, "model_name": rng.choice(["gpt-4o", "claude-3-5-sonnet"]),
+                "user_id": user, "token_id": 1, "channel_id": 1, "messages": list(history),
+                "response": {"id": "", "object": "chat.completion", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 50, "completion_tokens": 80, "total_tokens": 130}},
+            })  # fmt: skip
+            history.append({"role": "assistant", "content": answer})
+    return events[:n]
+
+
+class Target:
+    def __init__(self, backend: str, mysql: str, postgres: str, folder: str) -> None:
+        self.backend = backend
+        dsn = {"mysql": mysql, "postgresql": postgres, "sqlite": f"sqlite:///{folder}/bench.db"}[backend]
+        self.settings = DatabaseSettings.from_env(
+            {
+                "MES_SQL_DSN": dsn,
+                "MES_DAILY_PARTITION": "true",
+                "SQL_MAX_IDLE_CONNS": "2",
+                "MES_DATA_DIR": folder,
+            }
+        )
+
+    def reset(self) -> None:
+        db = self.settings.db
+        if db.backend == "sqlite":
+            import os
+
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(db.database + suffix):
+                    os.remove(db.database + suffix)
+            return
+        maintenance = None if db.backend == "mysql" else "postgres"
+        kwargs: dict[str, Any] = {"poolclass": NullPool}
+        if db.backend == "postgresql":
+            kwargs["isolation_level"] = "AUTOCOMMIT"
+        engine = create_engine(sqlalchemy_url(db, database=maintenance), **kwargs)
+        with engine.connect() as conn:
+            q = "`" if db.backend == "mysql" else '"'
+            force = " WITH (FORCE)" if db.backend == "postgresql" else ""
+            conn.execute(text(f"DROP DATABASE IF EXISTS {q}{db.database}{q}{force}"))
+        engine.dispose()
+
+    def storage(self) -> Storage:
+        self.reset()
+        return Storage.open(self.settings)
+
+
+def run_writer(target: Target, events: list[dict[str, Any]], batch: int) -> tuple[float, int, Storage]:
+    storage = target.storage()
+    rows = 0
+    start = time.perf_counter()
+    for i in range(0, len(events), batch):
+        result = storage.writer.write(events[i : i + batch])
+        rows += result.rows + result.error_rows
+    return time.perf_counter() - start, rows, storage
+
+
+def stored_rows(storage: Storage) -> tuple[list[str], list[tuple[Any, ...]]]:
+    table = storage.catalog.day_tables(storage.calendar.day_of(BASE_MS)).chat
+    columns = [c.name for c in table.columns if c.name != "id"]
+    with storage.engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(select(*(table.c[c] for c in columns)).order_by(table.c.id))]
+    return columns, rows
+
+
+def plain_table(storage: Storage, name: str, unique: bool) -> Table:
+    template = chat_table("bench_template", MetaData(), storage.catalog.id_collation)
+    cols = [Column(c.name, c.type, primary_key=c.primary_key, autoincrement=c.autoincrement, nullable=c.nullable)
+            for c in template.columns]  # fmt: skip
+    args: list[Any] = []
+    if unique:
+        from sqlalchemy import UniqueConstraint
+
+        args.append(UniqueConstraint("conversation_id", "message_id", name=f"uq_{name}"))
+    table = Table(name, MetaData(), *cols, *args, mysql_charset="utf8mb4", mysql_collate="utf8mb4_unicode_ci")
+    table.drop(storage.engine, checkfirst=True)
+    table.create(storage.engine)
+    return table
+
+
+def run_raw(
+    storage: Storage, columns: list[str], rows: list[tuple[Any, ...]], per_batch: int, unique: bool
+) -> float:
+    table = plain_table(storage, "bench_raw_unique" if unique else "bench_raw", unique)
+    bulk = bulk_for(storage.engine)
+    raw = storage.engine.raw_connection()
+    try:
+        start = time.perf_counter()
+        for i in range(0, len(rows), per_batch):
+            bulk.begin(raw.driver_connection)
+            cur = raw.cursor()
+            bulk.insert(cur, table, columns, rows[i : i + per_batch])
+            cur.close()
+            raw.commit()
+        return time.perf_counter() - start
+    finally:
+        raw.close()
+
+
+def run_naive(storage: Storage, events: list[dict[str, Any]], limit_rows: int) -> tuple[float, int]:
+    """One INSERT + COMMIT per message, every message of every request, as Go does."""
+    table = plain_table(storage, "bench_naive", unique=False)
+    now = int(time.time())
+    rows = 0
+    with storage.engine.connect() as conn:
+        start = time.perf_counter()
+        for ev in events:
+            answer = ev["response"]["choices"][0]["message"]
+            for msg in [*ev["messages"], answer]:
+                conn.execute(insert(table).values(
+                    user_id=ev["user_id"], created_at=now, updated_at=now, conversation_id=ev["conversation_id"],
+                    message_id=uuid.uuid4().hex, role=msg["role"], content=msg["content"], model_name=ev["model_name"],
+                    token_id=1, channel_id=1, prompt_tokens=0, completion_tokens=0, total_tokens=0, is_stream=False,
+                    event_id=ev["event_id"], seq=0, created_at_ms=ev["occurred_at"], is_response=False,
+                ))  # fmt: skip
+                conn.commit()
+                rows += 1
+            if rows >= limit_rows:
+                break
+        return time.perf_counter() - start, rows
+
+
+def bench(backend: str, args: argparse.Namespace, events: list[dict[str, Any]]) -> dict[str, Any]:
+    folder = tempfile.mkdtemp(prefix="mes-bench-writer-")
+    target = Target(backend, args.mysql, args.postgres, folder)
+    figures: dict[str, list[float]] = {"naive": [], "writer": [], "raw": [], "raw+unique": []}
+    rows_written = 0
+    for _ in range(args.repeat):
+        seconds, rows_written, storage = run_writer(target, events, args.batch)
+        figures["writer"].append(rows_written / seconds)
+        columns, rows = stored_rows(storage)
+        per_batch = max(1, len(rows) * args.batch // len(events))
+        figures["raw"].append(len(rows) / run_raw(storage, columns, rows, per_batch, unique=False))
+        figures["raw+unique"].append(len(rows) / run_raw(storage, columns, rows, per_batch, unique=True))
+        seconds, n = run_naive(storage, events, args.naive_rows)
+        figures["naive"].append(n / seconds)
+        storage.close()
+    target.reset()
+    return {"rows": rows_written, **{k: statistics.median(v) for k, v in figures.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", default="all", choices=["all", "mysql", "postgresql", "sqlite"])
+    parser.add_argument("--events", type=int, default=3000, help="chat events (multi-turn) per run")
+    parser.add_argument("--batch", type=int, default=500, help="events per writer batch (a job)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--naive-rows", type=int, default=6000, help="rows the naive pattern inserts per run")
+    parser.add_argument("--mysql", default=f"root:@tcp(127.0.0.1:3306)/{DB}")
+    parser.add_argument("--postgres", default=f"postgres://postgres@127.0.0.1:5432/{DB}")
+    args = parser.parse_args(argv)
+    configure_logging(level=logging.WARNING)
+    events = make_events(args.events)
+    backends = ["mysql", "postgresql", "sqlite"] if args.backend == "all" else [args.backend]
+    print(f"{len(events)} events, batches of {args.batch}, median of {args.repeat}; message rows per second")
+    print(
+        f"{'backend':<11}{'rows':>7}{'naive':>9}{'writer':>9}{'raw':>9}{'raw+uniq':>10}{'w/naive':>9}{'w/raw':>7}{'index cost':>12}"
+    )
+    ok = True
+    for backend in backends:
+        r = bench(backend, args, events)
+        speedup, efficiency = r["writer"] / r["naive"], r["writer"] / r["raw"]
+        index_cost = 1 - r["raw+unique"] / r["raw"]
+        print(f"{backend:<11}{r['rows']:>7}{r['naive']:>9.0f}{r['writer']:>9.0f}{r['raw']:>9.0f}{r['raw+unique']:>10.0f}"
+              f"{speedup:>8.1f}x{efficiency:>7.0%}{index_cost:>12.0%}")  # fmt: skip
+        if backend != "sqlite" and (speedup < 8 or efficiency < 0.6):
+            ok = False
+    print("targets (MariaDB, PostgreSQL): writer >= 8x naive, efficiency >= 60%:", "met" if ok else "NOT met")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
