@@ -26,6 +26,7 @@ import atexit
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import threading
 import time
@@ -82,18 +83,36 @@ def serialize(event: Mapping[str, Any]) -> bytes:
     dead-letters it with a reason, where an operator can see it."""
     try:
         return orjson.dumps(event, default=_default)
-    except (TypeError, orjson.JSONEncodeError):
-        return json.dumps(event, default=str, ensure_ascii=True, allow_nan=False).encode()
-    except Exception:  # pragma: no cover - last resort: keep a trace of the event
+    except Exception:  # whatever the gateway passed, the call must not raise
+        pass
+    try:
+        # NaN and infinities become null, as orjson writes them; validation says which field
+        return json.dumps(_finite(event), default=str, ensure_ascii=True, allow_nan=False).encode()
+    except Exception:  # last resort: keep a trace of the event for the dead letters
         return json.dumps({"unserializable_event": repr(event)[:100_000]}).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _occurred_ms(value: Any) -> Any:
     if value is None:
         return time.time_ns() // 1_000_000
     if isinstance(value, dt.datetime):
-        return int(value.timestamp() * 1000)  # naive: local time, as Python's timestamp() reads it
+        try:
+            return int(value.timestamp() * 1000)  # naive: local time, as Python's timestamp() reads it
+        except (OverflowError, ValueError, OSError):
+            return None  # out of range: dead-lettered by the worker with a reason
     if isinstance(value, float):
+        if not math.isfinite(value):
+            return None  # NaN / inf: the worker dead-letters "occurred_at" with a reason
         return int(value * 1000)  # seconds, as time.time() gives
     return value  # int: unix ms; anything else is the worker's validation's business
 
