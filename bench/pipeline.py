@@ -226,12 +226,14 @@ def throughput(args: argparse.Namespace) -> bool:
     return ok
 
 
-def produce(url: str, spool: str, rate: float, seconds: float, out: str, tag: str) -> None:
-    """One producer process: ``rate`` events/s for ``seconds``; writes (event id, record ms)."""
+def produce(url: str, spool: str, rate: float, seconds: float, out: str, tag: str, start_at: float) -> None:
+    """One producer process: ``rate`` events/s for ``seconds`` from ``start_at`` (all
+    processes start together, after their imports); writes (event id, record ms)."""
     configure_logging(level=logging.ERROR)
     producer = Producer(ProducerSettings.from_env({"REDIS_CONN_STRING": url, "MES_SPOOL_DIR": spool}))
     events = wbench.make_events(max(1, int(rate * seconds)), seed=hash(tag) & 0xFFFF)
     noted = []
+    time.sleep(max(0.0, start_at - time.time()))
     gap = 1.0 / rate
     t_next = time.perf_counter()
     for ev in events:
@@ -257,8 +259,9 @@ def latency_run(
     workers = Workers(env_for(target, redis.url, folder), 2, os.path.join(folder, f"lat-{producers}.log"))
     time.sleep(2.0)
     outs = [os.path.join(folder, f"p{producers}-{i}.json") for i in range(producers)]
+    start_at = time.time() + 3 + producers * 0.15  # after every process has imported MES
     procs = [subprocess.Popen([sys.executable, __file__, "_produce", redis.url, os.path.join(folder, f"spool{i}"),
-                               str(rate), str(seconds), outs[i], f"p{i}"]) for i in range(producers)]  # fmt: skip
+                               str(rate), str(seconds), outs[i], f"p{i}", str(start_at)]) for i in range(producers)]  # fmt: skip
     seen: dict[str, int] = {}
     deadline = time.time() + seconds + 60
     expected = producers * max(1, int(rate * seconds))
@@ -319,8 +322,8 @@ def latency(args: argparse.Namespace) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_produce":
-        url, spool, rate, seconds, out, tag = argv[1:7]
-        produce(url, spool, float(rate), float(seconds), out, tag)
+        url, spool, rate, seconds, out, tag, start_at = argv[1:8]
+        produce(url, spool, float(rate), float(seconds), out, tag, float(start_at))
         return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
