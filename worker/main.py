@@ -16,8 +16,10 @@ import time
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, DatabaseUnavailable
 from ..core.log import get_logger
 from ..core.settings import Settings
 from .context import WorkerContext, install
@@ -41,10 +43,12 @@ def connect(settings: Settings) -> Redis:
 def run_one(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
     """Run a worker in this process until stopped (or, in burst mode, until idle).
 
-    Returns whether it processed any job.
+    A worker is a daemon: when Redis or the database is down, at start or later, it logs,
+    waits (backing off to 10 s) and carries on; it does not exit. SIGTERM or SIGINT while
+    it waits stops it. Returns whether it processed any job.
     """
     redis = connect(settings)
-    ctx = WorkerContext.build(settings, redis)
+    ctx = _wait_for(lambda: WorkerContext.build(settings, redis), "database")
     install(ctx)
     if settings.api.metrics_port:
         from prometheus_client import start_http_server
@@ -56,18 +60,53 @@ def run_one(settings: Settings, *, burst: bool = False, name: str | None = None)
         register_queue_collector(lambda: queue_figures(redis, settings.queue.queue_name))
         log.info("metrics_listening", port=settings.api.metrics_port)
     try:
-        worker = MESWorker.for_context(ctx, name=name)
-        log.info("worker_started", worker=worker.name, queue=settings.queue.queue_name,
-                 database=settings.database.db.describe(), pid=os.getpid())  # fmt: skip
-        return bool(
-            worker.work(
-                burst=burst, with_scheduler=False, logging_level="DEBUG" if settings.debug else "INFO"
-            )
-        )
+        attempt = 0
+        while True:
+            worker_name = name if attempt == 0 or name is None else f"{name}-{attempt}"
+            try:
+                worker = MESWorker.for_context(ctx, name=worker_name)  # RQ talks to Redis here already
+                log.info("worker_started", worker=worker.name, queue=settings.queue.queue_name,
+                         database=settings.database.db.describe(), pid=os.getpid())  # fmt: skip
+                return bool(
+                    worker.work(
+                        burst=burst, with_scheduler=False, logging_level="DEBUG" if settings.debug else "INFO"
+                    )
+                )
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if burst:
+                    raise
+                attempt += 1
+                _pause("redis", exc, attempt)
     finally:
         install(None)
         ctx.close()
         redis.close()
+
+
+def _pause(what: str, exc: BaseException, attempt: int) -> None:
+    """Wait before trying again; SIGTERM / SIGINT during the wait end the process cleanly."""
+    delay = min(0.5 * 2 ** min(attempt, 5), 10.0)
+    log.warning(f"{what}_unavailable", error=str(exc).splitlines()[0][:200], retry_in_s=delay)
+    previous = {sig: signal.signal(sig, _exit_now) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        time.sleep(delay)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_now(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _wait_for(build: Any, what: str) -> Any:
+    attempt = 0
+    while True:
+        try:
+            return build()
+        except (DatabaseUnavailable, RedisConnectionError, RedisTimeoutError) as exc:
+            attempt += 1
+            _pause(what, exc, attempt)
 
 
 def supervise(processes: int, argv: list[str]) -> int:
