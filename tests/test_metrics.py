@@ -76,7 +76,9 @@ def test_a_worker_serves_metrics_on_its_port(backend, redis_server):
 def test_producer_counters_are_exported_at_scrape_time(tmp_path):
     from mes.core.settings import ProducerSettings
 
-    producer = Producer(ProducerSettings.from_env({"MES_SPOOL_DIR": str(tmp_path / "spool")}))  # no Redis: spools
+    producer = Producer(
+        ProducerSettings.from_env({"MES_SPOOL_DIR": str(tmp_path / "spool")})
+    )  # no Redis: spools
     before = value("mes_producer_events_total", outcome="spooled")
     for n in range(5):
         producer.save_chat_completion(f"c{n}", [], {"choices": []}, "m", 1, 1, 1)
