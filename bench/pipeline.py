@@ -15,8 +15,8 @@ ceiling of the same rows (one connection, see ``bench/writer.py``). Pipeline eff
 50 producer processes at 20 events/s each, for ``--seconds``. Reports the average events
 per job (from the workers' ``batch_written`` log lines; target ≥ 50 with 50 producers)
 and the time from record to committed row: each producer notes when it recorded each
-event id, and this process polls the ledger every 20 ms and notes when each id appears
-(so a figure is at most ~20 ms late); p50/p99 (target p99 ≤ 2 s).
+event id, and this process polls the ledger every 50 ms and notes when each id appears
+(so a figure is at most ~60 ms late); p50/p99 (target p99 ≤ 2 s).
 
 Uses its own ``redis-server`` and databases ``mes_bench_pipeline`` (dropped after).
 """
@@ -123,16 +123,10 @@ def env_for(target: wbench.Target, redis_url: str, folder: str) -> dict[str, str
 
 
 def ledger_count(storage: Any) -> int:
-    total = 0
+    """Events applied, from the rollups: one small query, so polling costs the database little."""
     with storage.engine.connect() as conn:
-        for name in storage.catalog.refresh():
-            if name.startswith("mes_event_ledger"):
-                total += int(
-                    conn.execute(
-                        text(f"SELECT COUNT(*) FROM {storage.engine.dialect.identifier_preparer.quote(name)}")
-                    ).scalar_one()
-                )
-    return total
+        sql = "SELECT COALESCE(SUM(requests) + SUM(errors), 0) FROM mes_daily_stats"
+        return int(conn.execute(text(sql)).scalar_one())
 
 
 def _write_share(settings: Any, events: list[dict[str, Any]], start: Any, batch: int) -> None:
@@ -185,7 +179,7 @@ def end_to_end(
     producer.flush(60)
     record_s = time.perf_counter() - t0
     while ledger_count(storage) < len(events):
-        time.sleep(0.02)
+        time.sleep(0.05)
     elapsed = time.perf_counter() - t0
     producer.close()
     workers.stop()
@@ -268,12 +262,13 @@ def latency_run(
     ledger = storage.catalog.day_tables(storage.calendar.today()).ledger
     while time.time() < deadline:
         now = int(time.time() * 1000)
-        with storage.engine.connect() as conn:
-            for (eid,) in conn.execute(select(ledger.c.event_id)):
+        with storage.engine.connect() as conn:  # only the last seconds' rows: polling stays cheap
+            recent = select(ledger.c.event_id).where(ledger.c.applied_at >= now // 1000 - 2)
+            for (eid,) in conn.execute(recent):
                 seen.setdefault(eid, now)
         if len(seen) >= expected and all(p.poll() is not None for p in procs):
             break
-        time.sleep(0.02)
+        time.sleep(0.05)
     for p in procs:
         p.wait(60)
     workers.stop()
