@@ -99,6 +99,9 @@ class HistoryReader:
         self.catalog = storage.catalog
         self.calendar = storage.calendar
         self.catalog.refresh()
+        if self.catalog.daily:  # build the days' table objects now, not on a reader's first visit
+            for day in self.catalog.partition_days():
+                self.catalog.day_tables(day)
 
     # -- which tables ------------------------------------------------------------------
     def _tables(self, days: Iterable[int], kind: str) -> list[Table]:
@@ -189,8 +192,15 @@ class HistoryReader:
         with self.engine.connect() as conn:
             return list(conn.execute(q).fetchall())
 
-    def _one(self, conversation_id: str, user_id: int | None) -> Any | None:
-        rows = self.find_conversations(conversation_id, user_id)
+    def _one(self, conversation_id: str, user_id: int | None, conn: Any = None) -> Any | None:
+        if conn is None:
+            rows = self.find_conversations(conversation_id, user_id)
+        else:
+            t = self.catalog.conversations
+            q = select(t).where(t.c.conversation_id == conversation_id)
+            if user_id is not None:
+                q = q.where(t.c.user_id == user_id)
+            rows = list(conn.execute(q).fetchall())
         if len(rows) > 1:
             raise AmbiguousConversation(
                 f"{len(rows)} users have a conversation {conversation_id!r}: pass user_id to choose"
@@ -214,25 +224,28 @@ class HistoryReader:
     ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """The conversation's index entry and its latest ``limit`` messages, with one
         lookup of the index; None if it is not (one of ``user_id``'s)."""
-        conv = self._one(conversation_id, user_id)
-        return None if conv is None else (_conversation(conv), self._messages(conv, limit))
+        with self.engine.connect() as conn:  # one connection (one pool check-out) per read
+            conv = self._one(conversation_id, user_id, conn)
+            return None if conv is None else (_conversation(conv), self._messages(conv, limit, conn))
 
-    def _messages(self, conv: Any, limit: int) -> list[dict[str, Any]]:
+    def _messages(self, conv: Any, limit: int, conn: Any = None) -> list[dict[str, Any]]:
+        if conn is None:
+            with self.engine.connect() as own:
+                return self._messages(conv, limit, own)
         conversation_id = conv.conversation_id
         days = [int(d) for d in conv.days.split(",") if d]
         found: list[dict[str, Any]] = []
-        with self.engine.connect() as conn:
-            for table in self._tables(days, "chat"):
-                c = table.c
-                q = (
-                    select(*(c[name] for name in _MESSAGE_COLS))
-                    .where(c.conversation_id == conversation_id, c.user_id == conv.user_id)
-                    .order_by(desc(c.created_at_ms), desc(c.seq), desc(c.id))
-                    .limit(limit - len(found))
-                )
-                found.extend(dict(r._mapping) for r in conn.execute(q))
-                if len(found) >= limit:
-                    break
+        for table in self._tables(days, "chat"):
+            c = table.c
+            q = (
+                select(*(c[name] for name in _MESSAGE_COLS))
+                .where(c.conversation_id == conversation_id, c.user_id == conv.user_id)
+                .order_by(desc(c.created_at_ms), desc(c.seq), desc(c.id))
+                .limit(limit - len(found))
+            )
+            found.extend(dict(r._mapping) for r in conn.execute(q))
+            if len(found) >= limit:
+                break
         found.sort(key=lambda r: (r["created_at_ms"], r["seq"], r["id"]))
         return [message_from_row(r) for r in found[-limit:]] if limit > 0 else []
 

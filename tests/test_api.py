@@ -231,6 +231,8 @@ def test_revoked_token_stops_working_after_the_cache_window(backend):
 
 def test_health_readiness_and_metrics(api):
     assert api.client.get("/healthz").json()["status"] == "ok"
+    assert api.client.get("/healthz", headers={"X-Request-ID": "req-42"}).headers["x-request-id"] == "req-42"
+    assert len(api.client.get("/healthz").headers["x-request-id"]) == 16  # made up when not given
     ready = api.client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
     api.call("a", "GET", "/api/v1/conversations")
