@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, and_, desc, or_, select
+from sqlalchemy import Table, and_, desc, func, or_, select
 
 from ..core.days import date_of_int, day_int
 from ..storage import Storage
@@ -261,32 +261,42 @@ class HistoryReader:
     def get_conversation_stats(
         self, user_id: int, *, since: dt.date | None = None, until: dt.date | None = None
     ) -> dict[str, Any]:
-        """Totals from the daily rollups (``since``/``until``: inclusive days in ``TZ``)."""
+        """Totals from the daily rollups (``since``/``until``: inclusive days in ``TZ``).
+
+        Two grouped queries (by model, by day) in one check-out: the database adds up, and
+        few narrow rows come back however many days the user has."""
         s = self.catalog.daily_stats
-        q = select(s.c.day, s.c.model_name, *(s.c[n] for n in STAT_COUNTERS)).where(s.c.user_id == user_id)
+        where = [s.c.user_id == user_id]
         if since is not None:
-            q = q.where(s.c.day >= day_int(since))
+            where.append(s.c.day >= day_int(since))
         if until is not None:
-            q = q.where(s.c.day <= day_int(until))
+            where.append(s.c.day <= day_int(until))
+        by_model = (
+            select(s.c.model_name, *(func.sum(s.c[n]) for n in STAT_COUNTERS))
+            .where(*where)
+            .group_by(s.c.model_name)
+        )
+        by_day = select(s.c.day, func.sum(s.c.messages), func.sum(s.c.errors)).where(*where).group_by(s.c.day)
         totals = dict.fromkeys(STAT_COUNTERS, 0)
         models: dict[str, int] = {}
         tokens_by_model: dict[str, int] = {}
         daily: dict[str, int] = {}
         daily_errors: dict[str, int] = {}
+        messages_at, tokens_at = STAT_COUNTERS.index("messages") + 1, STAT_COUNTERS.index("total_tokens") + 1
         with self.engine.connect() as conn:
-            for row in conn.execute(q):
-                for name in STAT_COUNTERS:
-                    totals[name] += int(row._mapping[name])
-                day = date_of_int(row.day).isoformat()
-                if row.messages:
-                    models[row.model_name] = models.get(row.model_name, 0) + int(row.messages)
-                    daily[day] = daily.get(day, 0) + int(row.messages)
-                if row.total_tokens:
-                    tokens_by_model[row.model_name] = tokens_by_model.get(row.model_name, 0) + int(
-                        row.total_tokens
-                    )
-                if row.errors:
-                    daily_errors[day] = daily_errors.get(day, 0) + int(row.errors)
+            for row in conn.execute(by_model):
+                for i, name in enumerate(STAT_COUNTERS, start=1):
+                    totals[name] += int(row[i] or 0)
+                if row[messages_at]:
+                    models[row[0]] = int(row[messages_at])
+                if row[tokens_at]:
+                    tokens_by_model[row[0]] = int(row[tokens_at])
+            for day, messages, errors in conn.execute(by_day):
+                iso = date_of_int(day).isoformat()
+                if messages:
+                    daily[iso] = int(messages)
+                if errors:
+                    daily_errors[iso] = int(errors)
         return {
             "total_conversations": totals["conversations"],
             "total_messages": totals["messages"],
