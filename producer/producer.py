@@ -294,7 +294,11 @@ class Producer:
                 len(self._batcher) < s.buffer_max_events
                 and self._batcher.size_bytes + len(data) <= s.buffer_max_bytes
             ):
-                if self._batcher.append(data):
+                first = not len(self._batcher)
+                # Wake the flusher when a batch is full, and on the first event into an
+                # empty buffer: an idle flusher sleeps up to a second, and this event must
+                # leave within MES_LINGER_MS, not then.
+                if self._batcher.append(data) or first:
                     self._wake.notify()
                 if self._thread is None:
                     self._start_thread()

@@ -262,3 +262,30 @@ def test_the_producer_imports_no_database_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_lone_event_leaves_within_the_linger_even_after_the_flusher_went_idle(redis_server, tmp_path):
+    """A quiet gateway: the flusher has slept through idle ticks; one event must still
+    reach Redis within MES_LINGER_MS (plus a round trip), not at the next idle tick."""
+    import time
+
+    from mes.core.settings import ProducerSettings
+    from mes.producer import Producer
+
+    settings = ProducerSettings.from_env({"REDIS_CONN_STRING": redis_server.url, "MES_SPOOL_DIR": str(tmp_path),
+                                          "MES_LINGER_MS": "50"})  # fmt: skip
+    producer = Producer(settings)
+    client = redis_server.client()
+    producer.save_chat_completion("warm", [], {"choices": []}, "m", 1, 1, 1)
+    producer.flush(5)
+    waits = []
+    for n in range(5):
+        time.sleep(1.3)  # the flusher is idle now, in its one-second wait
+        before = client.llen("mes:staging")
+        t0 = time.monotonic()
+        producer.save_chat_completion(f"quiet-{n}", [], {"choices": []}, "m", 1, 1, 1)
+        while client.llen("mes:staging") == before:
+            time.sleep(0.005)
+        waits.append(time.monotonic() - t0)
+    producer.close()
+    assert max(waits) < 0.3, waits
