@@ -199,6 +199,8 @@ def _create_database(settings: DatabaseSettings) -> None:
         log.info("database_created", backend="mysql", database=db.database)
         return
     # PostgreSQL: CREATE DATABASE cannot run in a transaction; connect to the maintenance db.
+    # Processes starting together (a worker and the API, say) race to create it: the losers
+    # get "already exists" or a unique violation on pg_database, and find it there.
     quoted = '"' + db.database.replace('"', '""') + '"'
     last: Exception | None = None
     for maintenance in ("postgres", "template1"):
@@ -210,17 +212,19 @@ def _create_database(settings: DatabaseSettings) -> None:
         )
         try:
             with server.connect() as conn:
-                exists = conn.execute(
-                    text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": db.database}
-                ).first()
-                if not exists:
+                exists = text("SELECT 1 FROM pg_database WHERE datname = :n")
+                if conn.execute(exists, {"n": db.database}).first():
+                    return
+                try:
                     conn.execute(text(f"CREATE DATABASE {quoted} ENCODING 'UTF8' TEMPLATE template0"))
+                except DBAPIError:
+                    if conn.execute(exists, {"n": db.database}).first():
+                        return  # another process created it at the same moment
+                    raise
             log.info("database_created", backend="postgresql", database=db.database)
             return
         except (OperationalError, ProgrammingError) as exc:
             last = exc
-            if "already exists" in str(exc.orig):
-                return  # another process created it at the same moment
             if isinstance(exc, ProgrammingError):
                 break
         finally:

@@ -4,6 +4,8 @@ SQLite, a clear line when PostgreSQL may not create it; big contents fit."""
 from __future__ import annotations
 
 import dataclasses
+import threading
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -34,6 +36,35 @@ def test_database_is_created_if_missing(backend):
     names = storage.catalog.refresh()
     assert {"mes_conversations", "mes_daily_stats", "mes_dead_letters"} <= names
     Storage.open(backend.settings()).close()  # a second start finds everything in place
+
+
+def _open_together(settings: Any, count: int) -> list[BaseException]:
+    """Open ``count`` Storage objects at the same instant; the errors they raised."""
+    start = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            Storage.open(settings).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_processes_starting_together_on_a_missing_database_all_start(backend):
+    """A worker and the API started at once both find the database missing and race to
+    create it, then its tables: every one of them must come up."""
+    for _ in range(3):
+        if backend.name != "sqlite":
+            reset_database(backend.name)
+        assert _open_together(backend.settings(), 4) == []
 
 
 @pytest.fixture
