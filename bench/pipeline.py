@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,16 +47,10 @@ import writer as wbench
 
 from mes.core.log import configure_logging
 from mes.core.settings import ProducerSettings
-from mes.embedded import find_redis_binary
+from mes.embedded import find_redis_binary, free_port
 from mes.producer import Producer
 
 DB = "mes_bench_pipeline"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Redis:

@@ -28,7 +28,6 @@ import logging
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from typing import Any
 
 from mes.core.log import configure_logging
 from mes.core.settings import ProducerSettings
-from mes.embedded import find_redis_binary
+from mes.embedded import find_redis_binary, free_port
 from mes.producer import Producer
 
 WORDS = [
@@ -84,12 +83,6 @@ def payloads(n: int, seed: int = 3) -> list[tuple[Any, ...]]:
                     "usage": {"prompt_tokens": 120, "completion_tokens": 80, "total_tokens": 200}}  # fmt: skip
         out.append((f"conv-{uuid.uuid4().hex[:12]}", history, response, "gpt-4o", rng.randint(1, 1000), 7, 3))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentiles(ns: list[int]) -> dict[str, float]:

@@ -28,7 +28,6 @@ import multiprocessing
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import writer as wbench
 
 from mes.core.log import configure_logging
 from mes.core.settings import DatabaseSettings
+from mes.embedded import free_port
 from mes.storage import Storage
 from mes.storage.engine import sqlalchemy_url
 
@@ -107,12 +107,6 @@ def load(settings: DatabaseSettings, rows: int, days: int, users: int, processes
 def pct(samples: list[float]) -> tuple[float, float, float]:
     s = sorted(samples)
     return s[len(s) // 2] * 1000, s[min(len(s) - 1, int(len(s) * 0.99))] * 1000, s[-1] * 1000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve(settings: DatabaseSettings, dsn: str, folder: str) -> tuple[subprocess.Popen[Any], str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from .core.errors import ConfigError
 
-__all__ = ["EmbeddedRedis", "find_redis_binary", "runtime_redis_url"]
+__all__ = ["EmbeddedRedis", "find_redis_binary", "free_port", "runtime_redis_url"]
 
 
 def find_redis_binary() -> str | None:
@@ -43,7 +43,8 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback now (for servers MES, its tests and benchmarks start)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -72,7 +73,7 @@ class EmbeddedRedis:
         self.binary = binary
         self.data_dir = os.path.abspath(data_dir)
         self.directory = os.path.join(self.data_dir, "redis")
-        self.port = port if port and _port_free(port) else _free_port()
+        self.port = port if port and _port_free(port) else free_port()
         self.process: subprocess.Popen[Any] | None = None
 
     @property

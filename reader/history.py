@@ -183,24 +183,19 @@ class HistoryReader:
             rows = conn.execute(q.order_by(*keys).offset(offset).limit(limit + 1)).fetchall()
         return Page([_conversation(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
-    def find_conversations(self, conversation_id: str, user_id: int | None) -> list[Any]:
+    def find_conversations(self, conversation_id: str, user_id: int | None, conn: Any = None) -> list[Any]:
         """Index rows for ``conversation_id`` (of ``user_id``, or of anyone when None)."""
         t = self.catalog.conversations
         q = select(t).where(t.c.conversation_id == conversation_id)
         if user_id is not None:
             q = q.where(t.c.user_id == user_id)
-        with self.engine.connect() as conn:
+        if conn is not None:
             return list(conn.execute(q).fetchall())
+        with self.engine.connect() as own:
+            return list(own.execute(q).fetchall())
 
     def _one(self, conversation_id: str, user_id: int | None, conn: Any = None) -> Any | None:
-        if conn is None:
-            rows = self.find_conversations(conversation_id, user_id)
-        else:
-            t = self.catalog.conversations
-            q = select(t).where(t.c.conversation_id == conversation_id)
-            if user_id is not None:
-                q = q.where(t.c.user_id == user_id)
-            rows = list(conn.execute(q).fetchall())
+        rows = self.find_conversations(conversation_id, user_id, conn)
         if len(rows) > 1:
             raise AmbiguousConversation(
                 f"{len(rows)} users have a conversation {conversation_id!r}: pass user_id to choose"

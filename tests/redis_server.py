@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from typing import Any
 
 import redis
+
+from mes.embedded import free_port
 
 __all__ = ["RedisServer", "find_redis_server"]
 
@@ -31,17 +32,11 @@ def find_redis_server() -> str | None:
     return candidate if os.path.exists(candidate) else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RedisServer:
     def __init__(self, binary: str, directory: str) -> None:
         self.binary = binary
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[Any] | None = None
         os.makedirs(directory, exist_ok=True)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import insert, text
 
 from mes.cli import main as cli
+from mes.embedded import free_port
 from mes.producer import Producer
 from mes.reader import HistoryReader
 from mes.storage import Storage
@@ -35,12 +35,6 @@ def mes(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Com
     full = {**{k: v for k, v in os.environ.items() if not k.startswith(("MES_", "SQL_", "REDIS_"))}, **env}
     return subprocess.run([sys.executable, "-m", "mes", *args], env=full, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_help_explains_every_command():
@@ -68,7 +62,7 @@ def test_init_db_and_verify(backend):
 
 
 def test_serve_answers_and_stops_on_sigterm(backend):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **env_of(backend, MES_API_KEY="k" * 20, MES_API_PORT=str(port))}
     server = subprocess.Popen([sys.executable, "-m", "mes", "serve"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -91,19 +85,22 @@ def test_serve_answers_and_stops_on_sigterm(backend):
         assert server.wait(30) == 0
 
 
-def test_demo_goes_the_whole_way_through_a_running_worker(backend, redis_server):
+def test_demo_goes_the_whole_way_through_a_running_worker(backend, redis_server, tmp_path):
     env = env_of(backend, redis_server)
     full = {**os.environ, **env}
+    worker_log = (tmp_path / "worker.log").open("w+")
     worker = subprocess.Popen([sys.executable, "-m", "mes", "worker"], env=full,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                              stdout=worker_log, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         done = mes(env, "demo", "--user-id", "42", "--timeout", "60")
-        assert done.returncode == 0, done.stdout + done.stderr
+        worker_log.seek(0)
+        assert done.returncode == 0, f"{done.stdout}{done.stderr}\nworker:\n{worker_log.read()[-3000:]}"
         assert "read back (user 42)" in done.stdout and "rate limit exceeded" in done.stdout
         assert "2 conversations, 9 messages" in done.stdout
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
+        worker_log.close()
 
 
 def test_demo_without_a_queue_says_what_is_missing(backend, tmp_path):

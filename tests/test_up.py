@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from mes.core.settings import ProducerSettings
-from mes.embedded import find_redis_binary, runtime_redis_url
+from mes.embedded import find_redis_binary, free_port, runtime_redis_url
 from mes.producer import Producer
 
 from .conftest import missing
@@ -31,16 +30,10 @@ CONFIG_VARS = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Up:
     def __init__(self, folder: Any) -> None:
         self.folder = folder
-        self.port = _free_port()
+        self.port = free_port()
         self.env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
         self.env.update(MES_API_PORT=str(self.port), MES_EMBEDDED_REDIS_PORT="0")
         self.process: subprocess.Popen[Any] | None = None
