@@ -16,12 +16,15 @@ ceiling of the same rows (one connection, see ``bench/writer.py``). Pipeline eff
 per job (from the workers' ``batch_written`` log lines; target ≥ 50 with 50 producers)
 and the time from record to committed row: each producer notes when it recorded each
 event id, and this process polls the ledger every 100 ms and notes when each id appears
-(so a figure is at most ~110 ms late); p50/p99 (target p99 ≤ 2 s). The poll reads the rows
-applied since the previous poll began, less 5 s (a transaction stamps ``applied_at`` when it
-starts), through an index on ``applied_at`` that only this bench creates; a final exact
-count tells events lost (recorded, never stored) from events the poll missed. Producer
-processes stay up, idle, until polling ends: a gateway is long-running, and fifty
-interpreters exiting at once would starve the workers of the 2 cores mid-measurement.
+(so a figure is at most ~110 ms late); p50/p99 (target p99 ≤ 2 s). The poll reads the
+rows applied since the previous poll began, less 5 s (a transaction stamps ``applied_at``
+when it starts), through an index on ``applied_at`` that only this bench creates; a final
+exact count tells events lost (recorded, never stored) from events the poll missed.
+
+Gateways are long-running processes, and this measures them in their steady state:
+producers start recording together once every one of them has started (imported MES,
+built its producer), and stay up, idle, until polling ends. Fifty interpreters starting
+or exiting at the same instant take the 2 cores from the workers for seconds.
 
 Uses its own ``redis-server`` and databases ``mes_bench_pipeline`` (dropped after).
 """
@@ -218,13 +221,22 @@ def throughput(args: argparse.Namespace) -> bool:
     return ok
 
 
-def produce(url: str, spool: str, rate: float, seconds: float, out: str, tag: str, start_at: float) -> None:
-    """One producer process: ``rate`` events/s for ``seconds`` from ``start_at`` (all
-    processes start together, after their imports); writes (event id, record ms)."""
+def produce(url: str, spool: str, rate: float, seconds: float, out: str, tag: str, go: str) -> None:
+    """One producer process: ``rate`` events/s for ``seconds``; writes (event id, record ms).
+
+    Says it is ready (``<out>.ready``) once imported and set up, then waits for the file
+    ``go``, which holds the common start time: the parent writes it when every producer is
+    ready, so no producer records while others are still starting (fifty interpreters
+    importing at once take the 2 cores for seconds: that is not the steady state)."""
     configure_logging(level=logging.ERROR)
     producer = Producer(ProducerSettings.from_env({"REDIS_CONN_STRING": url, "MES_SPOOL_DIR": spool}))
     events = wbench.make_events(max(1, int(rate * seconds)), seed=hash(tag) & 0xFFFF)
     noted = []
+    open(out + ".ready", "w").close()
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    with open(go) as f:
+        start_at = float(f.read())
     time.sleep(max(0.0, start_at - time.time()))
     gap = 1.0 / rate
     t_next = time.perf_counter()
@@ -260,18 +272,28 @@ def latency_run(
 ) -> dict[str, float]:
     storage = target.storage()
     redis.flush()
-    workers = Workers(env_for(target, redis.url, folder), 2, os.path.join(folder, f"lat-{producers}.log"))
+    log_path = os.path.join(folder, f"lat-{target.backend}-{producers}.log")
+    workers = Workers(env_for(target, redis.url, folder), 2, log_path)
     time.sleep(2.0)
-    outs = [os.path.join(folder, f"p{producers}-{i}.json") for i in range(producers)]
-    start_at = time.time() + 3 + producers * 0.15  # after every process has imported MES
-    procs = [subprocess.Popen([sys.executable, __file__, "_produce", redis.url, os.path.join(folder, f"spool{i}"),
-                               str(rate), str(seconds), outs[i], f"p{i}", str(start_at)]) for i in range(producers)]  # fmt: skip
-    seen: dict[str, int] = {}
-    deadline = time.time() + seconds + 60
-    expected = producers * max(1, int(rate * seconds))
     ledger = storage.catalog.day_tables(storage.calendar.today()).ledger
     with storage.engine.begin() as conn:  # for the poll only: MES's ledger has no such index
         conn.execute(text(f"CREATE INDEX bench_applied_at ON {ledger.name} (applied_at)"))
+    outs = [os.path.join(folder, f"p-{target.backend}-{producers}-{i}.json") for i in range(producers)]
+    go = os.path.join(folder, f"go-{target.backend}-{producers}")
+    procs = [subprocess.Popen([sys.executable, __file__, "_produce", redis.url, os.path.join(folder, f"spool{i}"),
+                               str(rate), str(seconds), outs[i], f"p{i}", go]) for i in range(producers)]  # fmt: skip
+    ready_by = time.time() + 180
+    while not all(os.path.exists(out + ".ready") for out in outs):
+        if time.time() > ready_by or any(p.poll() is not None for p in procs):
+            raise SystemExit("producer processes did not start")
+        time.sleep(0.1)
+    start_at = time.time() + 1.0
+    with open(go + ".tmp", "w") as f:
+        f.write(repr(start_at))
+    os.replace(go + ".tmp", go)
+    seen: dict[str, int] = {}
+    deadline = time.time() + seconds + 60
+    expected = producers * max(1, int(rate * seconds))
     since = int(time.time()) - 5
     while time.time() < deadline:
         polled = int(time.time())
@@ -353,8 +375,8 @@ def latency(args: argparse.Namespace) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_produce":
-        url, spool, rate, seconds, out, tag, start_at = argv[1:8]
-        produce(url, spool, float(rate), float(seconds), out, tag, float(start_at))
+        url, spool, rate, seconds, out, tag, go = argv[1:8]
+        produce(url, spool, float(rate), float(seconds), out, tag, go)
         return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
