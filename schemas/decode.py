@@ -5,8 +5,8 @@ it. Rules that JSON Schema cannot say are checked here and written down in
 ``schemas/CONTRACT.md``: the size limit, no NUL character (PostgreSQL cannot store it, so
 no backend accepts it), and ``occurred_at`` at most a day in the future.
 
-The dict returned is the event exactly as sent (so storage is lossless); the models
-only check it.
+The dict returned is the event exactly as sent (so storage is lossless); the rules of
+the models in ``events`` (as the TypedDicts of ``check``) only check it.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from ..core.errors import InvalidEvent
-from .events import Event
+from .check import EVENT_CHECK
 
 __all__ = ["MAX_EVENT_BYTES", "decode_event", "validate_event"]
 
 MAX_EVENT_BYTES = 16 << 20
 FUTURE_SLACK_MS = 24 * 3600 * 1000
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
+_ADAPTER = EVENT_CHECK  # the models' rules as TypedDicts: same verdicts, half the cost (see check)
 # An escaped NUL (\u0000) preceded by an even number of backslashes is a real NUL;
 # after an odd number it is the text "\u0000".
 _NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")

@@ -30,6 +30,30 @@ def test_exported_schema_files_are_in_sync_with_the_models(name):
     assert (SCHEMA_DIR / name).read_text(encoding="utf-8") == render(name)
 
 
+def _rules(schema: Any) -> Any:
+    """A JSON Schema without the words that do not change a verdict."""
+    if isinstance(schema, dict):
+        return {k: _rules(v) for k, v in schema.items() if k not in ("title", "description", "default")}
+    if isinstance(schema, list):
+        return [_rules(v) for v in schema]
+    return schema
+
+
+def test_the_worker_checks_events_with_exactly_the_models_rules():
+    """decode_event validates with the TypedDicts of mes.schemas.check (faster than the models):
+    every type, bound, pattern, required field and open or closed object must be the models'."""
+    from pydantic import TypeAdapter
+
+    from mes.schemas.check import EVENT_CHECK
+    from mes.schemas.events import Event
+
+    models, checked = _rules(TypeAdapter(Event).json_schema()), _rules(EVENT_CHECK.json_schema())
+    assert set(checked["$defs"]) == set(models["$defs"])
+    for name, rules in models["$defs"].items():
+        assert checked["$defs"][name] == rules, name
+    assert checked == models
+
+
 @pytest.mark.parametrize("call", sample_calls(), ids=lambda c: c["name"])
 def test_every_sample_is_accepted_by_the_models_and_by_the_json_schema(call):
     event = event_from_call(call)
