@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "split"]
 
 
 class Batcher:
@@ -67,15 +67,21 @@ class Batcher:
         """Take everything, as batches within both bounds (an item larger than
         ``max_bytes`` travels alone)."""
         items, self._items, self._bytes, self._first_at = self._items, [], 0, None
-        batches: list[list[bytes]] = []
-        current: list[bytes] = []
-        size = 0
-        for item in items:
-            if current and (len(current) >= self.max_events or size + len(item) > self.max_bytes):
-                batches.append(current)
-                current, size = [], 0
-            current.append(item)
-            size += len(item)
-        if current:
+        return split(items, self.max_events, self.max_bytes)
+
+
+def split(items: list[bytes], max_events: int, max_bytes: int) -> list[list[bytes]]:
+    """``items`` in order, cut into batches within both bounds (an item larger than
+    ``max_bytes`` travels alone)."""
+    batches: list[list[bytes]] = []
+    current: list[bytes] = []
+    size = 0
+    for item in items:
+        if current and (len(current) >= max_events or size + len(item) > max_bytes):
             batches.append(current)
-        return batches
+            current, size = [], 0
+        current.append(item)
+        size += len(item)
+    if current:
+        batches.append(current)
+    return batches

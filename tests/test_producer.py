@@ -199,6 +199,29 @@ def test_a_full_buffer_spills_to_the_spool_from_the_calling_thread(tmp_path):
     assert len(lines) == 50 and producer.stats().spooled == 50 and producer.stats().dropped == 0
 
 
+def test_a_big_spool_file_goes_back_as_jobs_within_the_batch_bounds(redis_server, tmp_path):
+    """A full buffer spills hundreds of events into one spool file; re-sent as one job it
+    would hold a worker and a transaction far past MES_BATCH_MAX_EVENTS."""
+    producer = Producer(settings(
+        tmp_path, redis_server.url, MES_BUFFER_MAX_EVENTS="10", MES_BATCH_MAX_EVENTS="20",
+        MES_DIRECT_JOB_MIN_EVENTS="5", MES_LINGER_MS="60000",
+    ))  # fmt: skip
+    ids = [call(producer, n) for n in range(300)]
+    assert producer.flush(10)
+    assert producer.stats().spooled >= 250  # the spill: most of them are in the spool
+    deadline = time.monotonic() + 20
+    while producer.stats().resent < producer.stats().spooled and time.monotonic() < deadline:
+        time.sleep(0.1)  # the flusher's idle tick re-sends the spool
+    producer.close()
+    stats = producer.stats()
+    assert stats.resent == stats.spooled and stats.dropped == 0
+    client = redis_server.client()
+    sizes = [client.llen(key) for key in client.keys("mes:batch:*")]
+    assert sum(sizes) == 300 and max(sizes) <= 20, sizes
+    assert {e["event_id"] for e in batched(redis_server)} == set(ids)
+    assert len(client.lrange("rq:queue:mes", 0, -1)) == len(sizes)
+
+
 def test_unserializable_and_invalid_input_never_raises(redis_server, tmp_path):
     class Weird:
         pass
