@@ -8,8 +8,9 @@
 runs from the first record to the moment the last event's ledger row is committed. Next
 to it, on the same events and the same number of processes: the storage writer driven
 directly (batches of 500, as the producer's flushes are), and the raw bulk-insert
-ceiling of the same rows (one connection, see ``bench/writer.py``). Pipeline efficiency
-= end to end ÷ writer alone (target ≥ 80 % with 2 workers on MariaDB and PostgreSQL).
+ceiling of the same rows (one connection, see ``bench/writer.py``). Each side runs
+``--repeat`` times, alternating; figures are medians. Pipeline efficiency = end to end ÷
+writer alone (target ≥ 80 % with 2 workers on MariaDB and PostgreSQL).
 
 **latency**: 2 workers; first one busy producer process (``--busy-rate`` events/s), then
 50 producer processes at 20 events/s each, for ``--seconds``. Reports the average events
@@ -206,8 +207,12 @@ def throughput(args: argparse.Namespace) -> bool:
             raw_s = wbench.run_raw(storage, columns, stored, 1000, unique=False)
             storage.close()
             for processes in (1, 2):
-                e2e_s, _ = end_to_end(target, redis, events, processes, folder)
-                alone_s = writer_alone(target, events, processes)
+                # alternated, medians: the two sides see the same share of the machine's noise
+                e2e_runs, alone_runs = [], []
+                for _ in range(args.repeat):
+                    e2e_runs.append(end_to_end(target, redis, events, processes, folder)[0])
+                    alone_runs.append(writer_alone(target, events, processes))
+                e2e_s, alone_s = statistics.median(e2e_runs), statistics.median(alone_runs)
                 eff = alone_s / e2e_s
                 print(f"{backend:<11}{processes:>6}{len(events) / e2e_s:>8.0f} ({rows / e2e_s:>5.0f})"
                       f"{len(events) / alone_s:>8.0f} ({rows / alone_s:>5.0f}){rows / raw_s:>14.0f}{eff:>12.0%}")  # fmt: skip
@@ -386,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--busy-rate", type=float, default=1000.0)
+    parser.add_argument("--repeat", type=int, default=3, help="throughput: runs of each side (medians)")
     parser.add_argument("--mysql", default=f"root:@tcp(127.0.0.1:3306)/{DB}")
     parser.add_argument("--postgres", default=f"postgres://postgres@127.0.0.1:5432/{DB}")
     args = parser.parse_args(argv)
