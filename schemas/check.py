@@ -3,8 +3,8 @@
 The models in ``events`` are the contract's documentation and the source of the exported
 JSON Schema files. Checking an event with them builds a model object for every message
 and choice, which the worker then throws away (it stores the event's dict as sent). The
-same rules written as TypedDicts build plain dicts instead and check an event in half the
-time (``bench/decode.py``); that is most of what decoding costs a worker.
+same rules written as TypedDicts build plain dicts instead and check an event in about
+two thirds of the time (``bench/decode.py``: 6.6 against 10.5 µs for a typical event).
 
 Two definitions of one contract must never drift: ``tests/test_schemas.py`` checks that
 the JSON Schema of these equals the models' (the same types, bounds, patterns, required
