@@ -3,112 +3,57 @@
 The models in ``events`` are the contract's documentation and the source of the exported
 JSON Schema files. Checking an event with them builds a model object for every message
 and choice, which the worker then throws away (it stores the event's dict as sent). The
-same rules written as TypedDicts build plain dicts instead and check an event in about
-two thirds of the time (``bench/decode.py``: 6.6 against 10.5 µs for a typical event).
+same rules as TypedDicts build plain dicts instead and check an event in about two thirds
+of the time (``bench/decode.py``: 6.6 against 10.5 µs for a typical event).
 
-Two definitions of one contract must never drift: ``tests/test_schemas.py`` checks that
-the JSON Schema of these equals the models' (the same types, bounds, patterns, required
-fields and open or closed objects), and the conformance tests run the exported files and
-:func:`mes.schemas.decode_event` over the same accepted and rejected examples.
+The TypedDicts are derived from the models here, field by field (type, constraints,
+required or not, open or closed object), so there is one definition of the contract;
+``tests/test_schemas.py`` checks that the JSON Schema of both is the same.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NotRequired
+import types
+import typing
+from typing import Annotated, Any, NotRequired, get_args, get_origin
 
-from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 from typing_extensions import TypedDict
 
-from .events import INT32, MAX_OCCURRED_AT, MIN_OCCURRED_AT
+from .events import Event
 
-__all__ = ["EVENT_CHECK"]
+__all__ = ["EVENT_CHECK", "typed_dict_of"]
 
-_OPEN = ConfigDict(extra="allow", strict=True)
-_CLOSED = ConfigDict(extra="forbid", strict=True)
-
-Count = Annotated[int, Field(ge=0, le=INT32)]
+_DERIVED: dict[type[BaseModel], Any] = {}
 
 
-class ContentPart(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Annotated[str, Field(min_length=1, max_length=64)]
-    text: NotRequired[str | None]
+def typed_dict_of(model: type[BaseModel]) -> Any:
+    """A TypedDict that checks what ``model`` checks (its nested models derived too)."""
+    if model not in _DERIVED:
+        fields = {}
+        for name, field in model.model_fields.items():
+            annotation = _derive(field.annotation)
+            if field.metadata:
+                annotation = Annotated[(annotation, *field.metadata)]  # type: ignore[valid-type]
+            fields[name] = annotation if field.is_required() else NotRequired[annotation]
+        derived = TypedDict(model.__name__, fields)  # type: ignore[operator]
+        derived.__pydantic_config__ = dict(model.model_config)  # type: ignore[attr-defined]
+        _DERIVED[model] = derived
+    return _DERIVED[model]
 
 
-class ToolCallFunction(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    name: NotRequired[str | None]
-    arguments: NotRequired[str | None]
+def _derive(annotation: Any) -> Any:
+    """``annotation`` with every model in it replaced by its TypedDict."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return typed_dict_of(annotation)
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return Annotated[(_derive(args[0]), *annotation.__metadata__)]  # type: ignore[valid-type]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_derive(a) for a in args)]  # noqa: UP007 - built from a tuple
+    if origin in (list, dict):
+        return origin[tuple(_derive(a) for a in args)]
+    return annotation  # int, str, bool, Any, Literal[...]
 
 
-class ToolCall(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    id: NotRequired[str | None]
-    type: NotRequired[str | None]
-    function: NotRequired[ToolCallFunction | None]
-
-
-class Message(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    role: Annotated[str, Field(min_length=1, max_length=32)]
-    content: NotRequired[str | list[ContentPart] | None]
-    name: NotRequired[str | None]
-    tool_calls: NotRequired[list[ToolCall] | None]
-    tool_call_id: NotRequired[str | None]
-
-
-class Usage(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    prompt_tokens: NotRequired[Count]
-    completion_tokens: NotRequired[Count]
-    total_tokens: NotRequired[Count]
-
-
-class Choice(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    index: NotRequired[Count]
-    message: NotRequired[Message | None]
-    finish_reason: NotRequired[Annotated[str, Field(max_length=64)] | None]
-
-
-class ChatCompletion(TypedDict):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    id: NotRequired[str | None]
-    object: NotRequired[str | None]
-    created: NotRequired[int | None]
-    model: NotRequired[str | None]
-    choices: NotRequired[Annotated[list[Choice], Field(max_length=128)]]
-    usage: NotRequired[Usage | None]
-
-
-class _EventBase(TypedDict):
-    __pydantic_config__ = _CLOSED  # type: ignore[misc]
-    schema_version: Annotated[int, Field(ge=1, le=1)]
-    event_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,63}$")]
-    occurred_at: Annotated[int, Field(ge=MIN_OCCURRED_AT, le=MAX_OCCURRED_AT)]
-    conversation_id: Annotated[str, Field(min_length=1, max_length=191)]
-    model_name: NotRequired[Annotated[str, Field(max_length=191)]]
-    user_id: Count
-    token_id: NotRequired[Count]
-    channel_id: NotRequired[Count]
-    messages: NotRequired[Annotated[list[Message], Field(max_length=10_000)]]
-    ip: NotRequired[Annotated[str, Field(max_length=64)] | None]
-    is_stream: NotRequired[bool]
-    request_id: NotRequired[Annotated[str, Field(max_length=128)] | None]
-    metadata: NotRequired[dict[str, Any] | None]
-
-
-class ChatEvent(_EventBase):
-    kind: Literal["chat"]
-    response: ChatCompletion
-
-
-class ErrorEvent(_EventBase):
-    kind: Literal["error"]
-    error_code: Annotated[int, Field(ge=-INT32, le=INT32)]
-    error_message: NotRequired[str]
-
-
-Event = Annotated[ChatEvent | ErrorEvent, Field(discriminator="kind")]
-
-EVENT_CHECK: TypeAdapter[Any] = TypeAdapter(Event)
+EVENT_CHECK: TypeAdapter[Any] = TypeAdapter(_derive(Event))
