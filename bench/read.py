@@ -5,7 +5,9 @@
 
 For each backend, two databases hold ``--rows`` message rows of multi-turn chats by
 ``--users`` users: one spread over 30 daily tables, one over 365. On each, through real
-HTTP (``mes serve`` in a subprocess, one keep-alive client, one request at a time):
+HTTP (``mes serve`` in a subprocess, one keep-alive client, one request at a time; both
+retentions are served at once and measured in ``--rounds`` alternating rounds, so that a
+change in the shared machine's load falls on both alike and the ratio compares like with like):
 
 * list: ``GET /api/v1/conversations?user_id=…`` (20 newest of a random user)
 * get: ``GET /api/v1/conversations/{id}`` (a random conversation, 50 messages)
@@ -127,8 +129,10 @@ def serve(settings: DatabaseSettings, dsn: str, folder: str) -> tuple[subprocess
     raise SystemExit("mes serve did not start")
 
 
-def measure_http(base: str, users: int, conv_ids: list[str], n: int) -> dict[str, tuple[float, float, float]]:
-    rng = random.Random(5)
+def measure_http(
+    base: str, users: int, conv_ids: list[str], n: int, rng: random.Random, warm: bool
+) -> dict[str, list[float]]:
+    """``n`` requests of each route, one at a time; the seconds each took."""
     out = {}
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as client:
         ops = {
@@ -139,15 +143,15 @@ def measure_http(base: str, users: int, conv_ids: list[str], n: int) -> dict[str
             ),
         }
         for name, op in ops.items():
-            for _ in range(50):
-                op()  # warm up
+            for _ in range(50 if warm else 5):
+                op()  # warm up (a new keep-alive connection each round)
             samples = []
             for _ in range(n):
                 t0 = time.perf_counter()
                 r = op()
                 samples.append(time.perf_counter() - t0)
                 assert r.status_code == 200, r.text
-            out[name] = pct(samples)
+            out[name] = samples
     return out
 
 
@@ -222,13 +226,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="loader processes")
     parser.add_argument("--reuse", action="store_true", help="keep and reuse loaded databases")
     parser.add_argument("--days", default="30,365")
+    parser.add_argument(
+        "--rounds", type=int, default=10, help="alternating rounds the requests are split into"
+    )
     args = parser.parse_args(argv)
     configure_logging(level=logging.ERROR)
     backends = ["mysql", "postgresql", "sqlite"] if args.backend == "all" else [args.backend]
     folder = os.environ.get("MES_BENCH_DIR") or tempfile.mkdtemp(prefix="mes-bench-read-")
     results: dict[tuple[str, int], dict[str, Any]] = {}
+    day_counts = [int(d) for d in args.days.split(",")]
     for backend in backends:
-        for days in (int(d) for d in args.days.split(",")):
+        # Load (or find) every retention first, then serve them all at once and measure them
+        # in alternating rounds, so a change in the machine's load falls on each alike.
+        prepared = {}
+        for days in day_counts:
             db = f"mes_bench_read_{days}"
             dsn = {"mysql": f"root:@tcp(127.0.0.1:3306)/{db}", "postgresql": f"postgres://postgres@127.0.0.1:5432/{db}",
                    "sqlite": f"sqlite:///{folder}/{db}.db"}[backend]  # fmt: skip
@@ -252,18 +263,35 @@ def main(argv: list[str] | None = None) -> int:
                     r[0]
                     for r in conn.execute(text("SELECT conversation_id FROM mes_conversations LIMIT 5000"))
                 ]
-            proc, base = serve(
+            prepared[days] = (target, storage, rows, conv_ids)
+        servers = {
+            days: serve(
                 target.settings,
                 sqlalchemy_url(target.settings.db).render_as_string(hide_password=False),
                 folder,
             )
-            try:
-                mes_http = measure_http(base, args.users, conv_ids, args.requests)
-            finally:
+            for days, (target, _s, _r, _c) in prepared.items()
+        }
+        samples: dict[int, dict[str, list[float]]] = {d: {} for d in prepared}
+        rngs = {d: random.Random(5) for d in prepared}
+        try:
+            per_round = max(1, args.requests // args.rounds)
+            for i in range(args.rounds):
+                order = day_counts if i % 2 == 0 else day_counts[::-1]
+                for days in order:
+                    got = measure_http(
+                        servers[days][1], args.users, prepared[days][3], per_round, rngs[days], i == 0
+                    )
+                    for op, s in got.items():
+                        samples[days].setdefault(op, []).extend(s)
+        finally:
+            for proc, _base in servers.values():
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
+        for days, (target, storage, rows, conv_ids) in prepared.items():
             go = go_method(storage, args.users, conv_ids, args.go_requests)
             storage.close()
+            mes_http = {op: pct(s) for op, s in samples[days].items()}
             results[(backend, days)] = {"rows": rows, "mes": mes_http, "go": go}
             if not args.reuse:
                 target.reset()
