@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.connection import Encoder, PythonRespSerializer
 
 from ..core.queue import Keys, enqueue_batch, make_queue
 from ..core.settings import ProducerSettings
@@ -18,15 +19,24 @@ from ..schemas.ids import new_event_id
 
 __all__ = ["Transport", "connect_redis"]
 
+_BUFFER_CUTOFF = 6000  # redis-py's default: values larger than this are sent unjoined
+
 
 def connect_redis(url: str, *, timeout: float = 2.0) -> redis.Redis:
-    """A client that fails fast: the producer would rather spool than wait."""
+    """A client that fails fast: the producer would rather spool than wait.
+
+    Replies are parsed by hiredis (a dependency, for the workers' large ``LRANGE``), but
+    commands are packed by redis-py's own serializer: hiredis copies a batch's megabytes
+    into one buffer, while redis-py hands large values to the socket as they are
+    (``bench/producer.py``: the flusher's CPU per event).
+    """
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=min(timeout, 1.0),
         health_check_interval=30,
         retry_on_timeout=False,
+        command_packer=PythonRespSerializer(_BUFFER_CUTOFF, Encoder("utf-8", "strict", False).encode),
     )
 
 
