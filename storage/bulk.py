@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from hashlib import blake2b
 from typing import Any
 
 from sqlalchemy import Engine, Table
@@ -121,6 +122,17 @@ class Bulk:
     def lock_suffix(self) -> str:
         return " FOR UPDATE"
 
+    def claim(self, cur: Any, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Try to claim conversations for this transaction without waiting; returns those
+        another writer holds. A claim is a hint, not the guard (the row locks taken next
+        are): it lets a writer leave a conversation that another batch is writing for
+        later, instead of waiting for that batch's whole transaction."""
+        return set()
+
+    def release_claims(self, dbapi_conn: Any) -> None:
+        """Give up this session's claims (after commit or rollback) where they outlive
+        the transaction."""
+
     def create_placeholders(
         self, cur: Any, table: Table, columns: Sequence[str], keys: Sequence[str], rows: list[Row]
     ) -> None:
@@ -137,8 +149,33 @@ class Bulk:
         return None
 
 
+def _claim_name(key: tuple[str, int]) -> str:
+    return "mes:" + blake2b(f"{key[1]}|{key[0]}".encode(), digest_size=16).hexdigest()
+
+
+def _claim_number(key: tuple[str, int]) -> int:
+    return int.from_bytes(blake2b(f"{key[1]}|{key[0]}".encode(), digest_size=8).digest(), "big", signed=True)
+
+
 class MySQLBulk(Bulk):
     backend = "mysql"
+
+    def claim(self, cur: Any, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        # Named locks of the session (GET_LOCK with no wait), released after the transaction.
+        busy: set[tuple[str, int]] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            cur.execute(
+                "SELECT " + ", ".join(["GET_LOCK(%s, 0)"] * len(chunk)), [_claim_name(k) for k in chunk]
+            )
+            got = cur.fetchone()
+            busy.update(k for k, ok in zip(chunk, got, strict=True) if ok != 1)
+        return busy
+
+    def release_claims(self, dbapi_conn: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute("DO RELEASE_ALL_LOCKS()")
+
     _RETRY = frozenset({1205, 1213, 1062})  # lock wait timeout, deadlock, duplicate key (a race)
     _UNAVAILABLE = frozenset({2002, 2003, 2006, 2013, 2055, 1040, 1053, 1927, 4031})
     _DATA = frozenset({1048, 1153, 1264, 1292, 1366, 1406, 1300, 3988, 1301, 4025})
@@ -199,6 +236,18 @@ _NULL = _Null()
 
 class PostgresBulk(Bulk):
     backend = "postgresql"
+
+    def claim(self, cur: Any, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        # Transaction-level advisory locks: they go with the commit or the rollback.
+        if not keys:
+            return set()
+        numbers = [_claim_number(k) for k in keys]
+        cur.execute(
+            "SELECT n FROM unnest(%s::bigint[]) AS t(n) WHERE NOT pg_try_advisory_xact_lock(n)",
+            (numbers,),
+        )
+        refused = {r[0] for r in cur.fetchall()}
+        return {k for k, n in zip(keys, numbers, strict=True) if n in refused}
 
     def insert(self, cur: Any, table: Table, columns: Sequence[str], rows: list[Row]) -> None:
         if not rows:

@@ -3,8 +3,13 @@
 One transaction per batch:
 
 1. which event ids the ledger already holds (those are skipped: exactly once);
-2. lock the conversations the rest touch, creating placeholders for new ones, in key
-   order (two writers of the same conversation queue up instead of overwriting each other);
+2. claim the conversations the rest touch, without waiting (``Bulk.claim``); events of a
+   conversation that another batch is writing at this moment are left for a second
+   transaction after this one commits, so two workers whose batches share a chat (an
+   agent's rapid calls, a chat cut by a batch boundary, an active user) do not queue
+   behind each other's whole transactions. Then lock the claimed conversations, creating
+   placeholders for new ones, in key order: the row locks are the guard (two writers of
+   the same conversation queue up instead of overwriting each other), the claims a hint;
 3. read which candidate message ids already exist (multi-turn dedup, see ``turns``);
 4. plan (pure), then insert: ledger rows first (a concurrent duplicate fails fast on the
    ledger's primary key), history rows with the backend's bulk path, dead letters;
@@ -81,6 +86,7 @@ class WriteResult:
     error_rows: int = 0
     dead_lettered: int = 0
     attempts: int = 0
+    deferred: int = 0  # events left for a second transaction: another batch had their chat
 
     def __add__(self, other: WriteResult) -> WriteResult:
         return WriteResult(
@@ -139,11 +145,25 @@ class BatchWriter:
         if self.catalog.daily:
             self.catalog.ensure_days({ev.day for ev in prepared})
         result = WriteResult(events=len(events), duplicates=len(events) - len(prepared))
+        deferred = self._attempts(prepared, dead_letters, batch_id, result, claim=True)
+        if deferred:  # their conversations were another batch's: now wait for it, if need be
+            result.deferred = len(deferred)
+            self._attempts(deferred, (), batch_id, result, claim=False)
+        return result
+
+    def _attempts(
+        self,
+        prepared: list[Prepared],
+        dead_letters: Sequence[DeadLetter],
+        batch_id: str | None,
+        result: WriteResult,
+        *,
+        claim: bool,
+    ) -> list[Prepared]:
         for attempt in range(1, self.max_attempts + 1):
-            result.attempts = attempt
+            result.attempts += 1
             try:
-                self._transaction(prepared, dead_letters, batch_id, result)
-                return result
+                return self._transaction(prepared, dead_letters, batch_id, result, claim=claim)
             except _Retry as retry:
                 if attempt == self.max_attempts:
                     raise DatabaseUnavailable(
@@ -183,10 +203,18 @@ class BatchWriter:
 
     # -- the transaction -------------------------------------------------------------
     def _transaction(
-        self, prepared: list[Prepared], dead: Sequence[DeadLetter], batch_id: str | None, result: WriteResult
-    ) -> None:
+        self,
+        prepared: list[Prepared],
+        dead: Sequence[DeadLetter],
+        batch_id: str | None,
+        result: WriteResult,
+        *,
+        claim: bool,
+    ) -> list[Prepared]:
+        """One transaction; returns the events it left for later (see step 2)."""
         bulk, catalog = self.bulk, self.catalog
         conn = self._connect()
+        later: list[Prepared] = []
         try:
             bulk.begin(conn.driver_connection)
             cur = conn.cursor()
@@ -194,6 +222,11 @@ class BatchWriter:
             applied = self._ledger_hits(cur, prepared)
             fresh = [ev for ev in prepared if ev.event_id not in applied]
             keys = sorted({ev.key for ev in fresh})
+            busy = bulk.claim(cur, keys) if claim else set()
+            if busy:
+                later = [ev for ev in fresh if ev.key in busy]
+                fresh = [ev for ev in fresh if ev.key not in busy]
+                keys = [k for k in keys if k not in busy]
             bulk.create_placeholders(
                 cur, catalog.conversations, CONVERSATION_COLUMNS, _CONV_KEYS,
                 [ConversationState.placeholder(k, now_s) for k in keys],
@@ -223,15 +256,18 @@ class BatchWriter:
             )
             cur.close()
             conn.commit()
+            if claim:
+                bulk.release_claims(conn.driver_connection)
         except Exception as exc:
-            self._fail(conn, exc)
+            self._fail(conn, exc, release=claim)
         else:
             conn.close()
             result.applied += plan.applied
-            result.duplicates += len(prepared) - len(fresh)
+            result.duplicates += len(prepared) - len(fresh) - len(later)
             result.rows += plan.chat_row_count
             result.error_rows += plan.error_row_count
             result.dead_lettered += len(dead)
+        return later
 
     def _connect(self) -> Any:
         try:
@@ -239,10 +275,12 @@ class BatchWriter:
         except Exception as exc:
             raise DatabaseUnavailable(f"cannot connect to the MES database: {_first_line(exc)}") from exc
 
-    def _fail(self, conn: Any, exc: Exception) -> None:
+    def _fail(self, conn: Any, exc: Exception, *, release: bool = False) -> None:
         kind = self.bulk.classify(exc)
         try:
             conn.rollback()
+            if release:
+                self.bulk.release_claims(conn.driver_connection)
         except Exception:  # the connection is gone: make the pool forget it
             kind = kind if kind in (ErrorKind.DATA, ErrorKind.RETRY) else ErrorKind.UNAVAILABLE
             conn.invalidate()

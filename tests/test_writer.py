@@ -274,3 +274,69 @@ def test_tools_and_content_parts_are_stored_losslessly(backend, daily):
     assert [r["role"] for r in tool_rows] == ["user", "assistant", "tool", "assistant"]
     assert orjson.loads(tool_rows[1]["other"])["tool_calls"][0]["id"] == "call_abc"
     assert orjson.loads(tool_rows[2]["other"]) == {"tool_call_id": "call_abc"}
+
+
+def test_a_conversation_another_batch_is_writing_waits_but_the_rest_commit(server_backend):
+    """Worker B is in the middle of a transaction on chat X (turn 1). Worker A's batch has
+    turns 2 and 3 of X and events of other chats: the others commit at once, without waiting
+    for B; X's turns are written after B commits, each message once, and the index still
+    equals a recount."""
+    storage, other = server_backend.storage(), server_backend.storage()
+    x = conversation("conv-x", 3)
+    free = [chat(f"conv-free-{i}", [{"role": "user", "content": "q"}], "a") for i in range(5)]
+    holding, release = threading.Event(), threading.Event()
+    real = other.writer.bulk.create_placeholders
+
+    def pause_after_locking(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)  # B has claimed X and holds its row lock: now it dawdles
+        holding.set()
+        release.wait(30)
+
+    other.writer.bulk.create_placeholders = pause_after_locking  # type: ignore[method-assign]
+
+    def worker_b() -> None:
+        other.writer.write([x[0]])
+
+    b = threading.Thread(target=worker_b)
+    b.start()
+    assert holding.wait(10)
+    results: list[Any] = []
+    a = threading.Thread(target=lambda: results.append(storage.writer.write([x[1], *free, x[2]])))
+    a.start()
+    deadline = __import__("time").monotonic() + 10
+    while count(storage, "mes_conversations") < len(free) and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.02)
+    assert count(storage, "mes_conversations") == len(free)  # the others committed while B holds X
+    assert results == []  # ...and A has not returned: X is left for after B
+    release.set()
+    a.join(30)
+    b.join(30)
+    (result,) = results
+    assert (result.applied, result.deferred, result.duplicates) == (7, 2, 0)
+    stored = rows(
+        storage, day_table("conversation_histories", dt.date(2026, 1, 15)), "conversation_id = :c", c="conv-x"
+    )
+    assert [(r["role"], r["content"]) for r in stored][1:] == [
+        ("user", "question 0 你好 😀"), ("assistant", "answer 0"),
+        ("user", "question 1 你好 😀"), ("assistant", "answer 1"),
+        ("user", "question 2 你好 😀"), ("assistant", "answer 2"),
+    ]  # fmt: skip
+    assert_consistent(storage)
+
+
+def test_a_writer_alone_defers_nothing_and_releases_its_claims(server_backend):
+    """No one else writes: nothing is deferred, and the claims are gone after each batch
+    (another session can claim the same chats at once)."""
+    storage, other = server_backend.storage(), server_backend.storage()
+    first, second = conversation("conv-calm", 2)
+    assert storage.writer.write([first]).deferred == 0
+    assert storage.writer.write([second]).deferred == 0
+    conn = other.engine.raw_connection()
+    try:
+        other.writer.bulk.begin(conn.driver_connection)
+        assert other.writer.bulk.claim(conn.cursor(), [("conv-calm", 1)]) == set()
+        conn.rollback()
+        other.writer.bulk.release_claims(conn.driver_connection)
+    finally:
+        conn.close()
+    assert_consistent(storage)
