@@ -51,6 +51,7 @@ def write_batch(batch_id: str) -> dict[str, Any]:
     if not items:  # already written and cleaned up by an earlier run of this job
         ctx.redis.zrem(ctx.keys.batches, batch_id)
         return {"events": 0}
+    t_fetched = time.perf_counter()
     events: list[dict[str, Any]] = []
     dead: list[DeadLetter] = []
     for raw in items:
@@ -66,7 +67,9 @@ def write_batch(batch_id: str) -> dict[str, Any]:
         metrics.BATCHES.labels("poisoned").inc()
         log.error("batch_poisoned", batch_id=batch_id, events=len(items), invalid=len(dead), example=sample)
         raise PoisonBatchError(f"{len(dead)} of {len(items)} events are invalid, e.g.: {sample}")
+    t_decoded = time.perf_counter()
     result = ctx.storage.writer.write_isolating(events, dead, batch_id=batch_id)
+    t_written = time.perf_counter()
     with ctx.redis.pipeline(transaction=True) as pipe:
         pipe.delete(key)
         pipe.zrem(ctx.keys.batches, batch_id)
@@ -89,6 +92,10 @@ def write_batch(batch_id: str) -> dict[str, Any]:
         duplicates=result.duplicates,
         dead_lettered=result.dead_lettered,
         attempts=result.attempts,
+        deferred=result.deferred,
         ms=ms,
+        fetch_ms=round((t_fetched - started) * 1000, 1),
+        decode_ms=round((t_decoded - t_fetched) * 1000, 1),
+        write_ms=round((t_written - t_decoded) * 1000, 1),
     )
     return {"events": len(items), "applied": result.applied, "dead_lettered": result.dead_lettered}

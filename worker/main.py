@@ -8,6 +8,7 @@ nothing but Redis and the database.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -65,6 +66,11 @@ def run_one(settings: Settings, *, burst: bool = False, name: str | None = None)
             worker_name = name if attempt == 0 or name is None else f"{name}-{attempt}"
             try:
                 worker = MESWorker.for_context(ctx, name=worker_name)  # RQ talks to Redis here already
+                # What start-up built (modules, the tables' metadata, pools) lives as long as
+                # the process: out of the collector's sight, a batch's garbage is collected
+                # without walking it again each time (bench/pipeline.py: ~0.3 s of GC per
+                # 20,000 events and worker, down to ~0.04 s).
+                gc.freeze()
                 log.info("worker_started", worker=worker.name, queue=settings.queue.queue_name,
                          database=settings.database.db.describe(), pid=os.getpid())  # fmt: skip
                 return bool(
