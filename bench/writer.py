@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Column, MetaData, Table, create_engine, insert, select, text
@@ -75,29 +76,48 @@ def text_of(rng: random.Random, n_words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n_words))
 
 
-def make_events(n: int, seed: int = 7) -> list[dict[str, Any]]:
-    """Multi-turn chats as a gateway sends them: each request re-sends the history."""
+def make_events(n: int, seed: int = 7, *, active: int = 1) -> list[dict[str, Any]]:
+    """Multi-turn chats as a gateway sends them: each request re-sends the history.
+
+    ``active`` chats are under way at any moment and each event is the next turn of a
+    random one of them, so two turns of a chat are ~``active`` events apart. The default,
+    1, sends every turn of a chat back to back, milliseconds apart, as an agent's tight
+    loop does: consecutive batches share a chat at their boundary, and each batch holds
+    few chats (the writer's fastest case). A gateway serving people interleaves many chats
+    (each turn waits for the model's answer to the one before): ``active=200`` and up.
+    """
     rng = random.Random(seed)
-    events: list[dict[str, Any]] = []
     ms = BASE_MS
-    while len(events) < n:
+
+    def chat() -> Iterator[dict[str, Any]]:
         cid = f"bench-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}"
         user = rng.randint(1, 500)
         history: list[dict[str, Any]] = [{"role": "system", "content": "You are a helpful assistant."}]
         for _ in range(rng.randint(1, 6)):
             history.append({"role": "user", "content": text_of(rng, rng.randint(10, 150))})
             answer = text_of(rng, rng.randint(20, 300))
-            ms += rng.randint(1, 50)
-            events.append({
+            yield {
                 "schema_version": 1, "kind": "chat", "event_id": uuid.UUID(int=rng.getrandbits(128)).hex,
-                "occurred_at": ms, "conversation_id": cid, "model_name": rng.choice(["gpt-4o", "claude-3-5-sonnet"]),
+                "occurred_at": 0, "conversation_id": cid, "model_name": rng.choice(["gpt-4o", "claude-3-5-sonnet"]),
                 "user_id": user, "token_id": 1, "channel_id": 1, "messages": list(history),
                 "response": {"id": "", "object": "chat.completion", "choices": [
                     {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 50, "completion_tokens": 80, "total_tokens": 130}},
-            })  # fmt: skip
+            }  # fmt: skip
             history.append({"role": "assistant", "content": answer})
-    return events[:n]
+
+    under_way = [chat() for _ in range(active)]
+    events: list[dict[str, Any]] = []
+    while len(events) < n:
+        i = rng.randrange(len(under_way))
+        event = next(under_way[i], None)
+        if event is None:  # that chat is over: another one starts
+            under_way[i] = chat()
+            continue
+        ms += rng.randint(1, 50)
+        event["occurred_at"] = ms
+        events.append(event)
+    return events
 
 
 class Target:
