@@ -119,6 +119,35 @@ def test_a_large_flush_becomes_its_own_rq_job(redis_server, tmp_path):
     producer.close()
 
 
+def test_a_batch_goes_to_redis_in_one_socket_write(redis_server):
+    """redis-py would write a 500-event push in hundreds of pieces, each letting go of the
+    GIL (and waiting up to 5 ms to get it back while the gateway's threads run): MES's
+    connection joins them. The batch arrives whole."""
+    from mes.producer.transport import Transport, connect_redis
+
+    client = connect_redis(redis_server.url)
+    transport = Transport(ProducerSettings.from_env({"REDIS_CONN_STRING": redis_server.url}), client)
+    events = [orjson.dumps({"n": n, "text": "x" * 4000}) for n in range(500)]
+    transport.push(events)  # connected, and RQ has asked the server its version
+    conn = client.connection_pool.get_connection()
+    writes: list[int] = []
+    real = conn._sock.sendall
+    conn._sock = _Counting(conn._sock, lambda data: (writes.append(len(data)), real(data))[1])
+    client.connection_pool.release(conn)
+    transport.push(events)
+    assert len(writes) == 1 and writes[0] > 500 * 4000
+    assert batched(redis_server).count({"n": 499, "text": "x" * 4000}) == 2  # both pushes, whole
+    transport.close()
+
+
+class _Counting:
+    def __init__(self, sock: Any, sendall: Any) -> None:
+        self._sock, self.sendall = sock, sendall
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 def test_linger_flushes_without_an_explicit_flush(redis_server, tmp_path):
     producer = Producer(settings(tmp_path, redis_server.url, MES_LINGER_MS="20"))
     call(producer, 1)
