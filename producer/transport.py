@@ -27,9 +27,9 @@ class _OneWriteConnection(redis.Connection):
 
     redis-py packs a batch's ``RPUSH`` into hundreds of pieces (it avoids copying large
     values) and writes each with its own ``sendall``; every write lets go of the GIL, and
-    taking it back waits up to 5 ms while the gateway's threads run Python. Under a busy
-    caller, a push of 500 events took ~110 ms that way. Joined, it is one write (a copy
-    of ~2 MB, ~0.3 ms) and ~5 ms.
+    taking it back waits up to 5 ms (the interpreter's switch interval) while the gateway's
+    threads run Python, so a busy caller could hold one push up for a tenth of a second.
+    Joined, it is one copy of the batch and one write.
     """
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:

@@ -68,8 +68,7 @@ def run_one(settings: Settings, *, burst: bool = False, name: str | None = None)
                 worker = MESWorker.for_context(ctx, name=worker_name)  # RQ talks to Redis here already
                 # What start-up built (modules, the tables' metadata, pools) lives as long as
                 # the process: out of the collector's sight, a batch's garbage is collected
-                # without walking it again each time (bench/pipeline.py: ~0.3 s of GC per
-                # 20,000 events and worker, down to ~0.04 s).
+                # without walking all of it again each time.
                 gc.freeze()
                 log.info("worker_started", worker=worker.name, queue=settings.queue.queue_name,
                          database=settings.database.db.describe(), pid=os.getpid())  # fmt: skip
