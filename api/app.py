@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         if opened:
             # Start-up built what lives as long as the process, a year of daily tables'
             # metadata among it: out of the collector's sight, a full collection no longer
-            # walks it (with 365 days of tables such a pause showed up in the p99).
+            # walks it (with 365 days of tables, such pauses were the slowest requests).
             gc.freeze()
         try:
             yield
