@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ import structlog
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -248,27 +250,36 @@ def _not_found() -> ApiError:
 
 
 def _rendered(endpoint: Callable[..., Any]) -> Callable[..., Any]:
-    """Return the route's dict as a rendered ``JSONResponse``.
+    """The endpoint, returning its dict as a rendered ``JSONResponse`` (a ``Response`` as is).
 
     FastAPI would otherwise validate and re-serialize the dict against the route's return
     annotation (``dict[str, Any]``, kept for the OpenAPI document), in a second trip
     through the thread pool for a plain ``def`` route, walking every message and day of
     the answer in Python: a cost that grows with the answer, which orjson renders in C."""
+    if inspect.iscoroutinefunction(endpoint):
+        return endpoint
 
     @functools.wraps(endpoint)
     def run(*args: Any, **kwargs: Any) -> Any:
-        return JSONResponse(endpoint(*args, **kwargs))
+        out = endpoint(*args, **kwargs)
+        return out if isinstance(out, Response) else JSONResponse(out)
 
     return run
+
+
+class _RenderedRoute(APIRoute):
+    """Every route of the router renders its own answer (see ``_rendered``)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, _rendered(endpoint), **kwargs)
 
 
 def _routes() -> Any:
     from fastapi import APIRouter
 
-    router = APIRouter()
+    router = APIRouter(route_class=_RenderedRoute)
 
     @router.get("/api/v1/conversations", tags=["history"])
-    @_rendered
     def list_conversations(
         request: Request,
         caller: Caller,
@@ -310,7 +321,6 @@ def _routes() -> Any:
         }
 
     @router.get("/api/v1/conversations/{conversation_id}", tags=["history"])
-    @_rendered
     def get_conversation(
         request: Request,
         caller: Caller,
@@ -331,7 +341,6 @@ def _routes() -> Any:
                 "messages": messages}  # fmt: skip
 
     @router.delete("/api/v1/conversations/{conversation_id}", tags=["history"])
-    @_rendered
     def delete_conversation(
         request: Request, caller: Caller, conversation_id: ConversationId, user_id: UserId = None
     ) -> dict[str, Any]:
@@ -345,7 +354,6 @@ def _routes() -> Any:
         return {"message": "conversation deleted", "conversation_id": conversation_id, "deleted": True}
 
     @router.get("/api/v1/conversations/{conversation_id}/errors", tags=["errors"])
-    @_rendered
     def conversation_errors(
         request: Request,
         caller: Caller,
@@ -366,7 +374,6 @@ def _routes() -> Any:
         return {"object": "list", "conversation_id": conversation_id, "errors": errors}
 
     @router.get("/api/v1/errors", tags=["errors"])
-    @_rendered
     def list_errors(
         request: Request,
         caller: Caller,
@@ -398,7 +405,6 @@ def _routes() -> Any:
                 "has_more": page.has_more, "limit": limit, "offset": offset, "user_id": uid}  # fmt: skip
 
     @router.get("/api/v1/stats/conversations", tags=["history"])
-    @_rendered
     def stats(
         request: Request,
         caller: Caller,
@@ -416,7 +422,6 @@ def _routes() -> Any:
         return {**result, "user_id": uid}
 
     @router.get("/healthz", tags=["operations"])
-    @_rendered
     def healthz() -> dict[str, Any]:
         """The process answers (liveness)."""
         return {"status": "ok", "version": __version__}

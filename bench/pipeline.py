@@ -210,7 +210,7 @@ def end_to_end(
     )
     # Warm up, off the clock: the producer connected to Redis, the workers to the database,
     # the days' tables created. A gateway and its workers run for days; the first request
-    # after a start pays these once (on a busy 2-core box, ~0.15 s for the first push).
+    # after a start pays these once.
     for ev in warm:
         producer.record_serialized(orjson.dumps(ev))
     producer.flush(60)

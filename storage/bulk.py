@@ -149,12 +149,9 @@ class Bulk:
         return None
 
 
-def _claim_name(key: tuple[str, int]) -> str:
-    return "mes:" + blake2b(f"{key[1]}|{key[0]}".encode(), digest_size=16).hexdigest()
-
-
-def _claim_number(key: tuple[str, int]) -> int:
-    return int.from_bytes(blake2b(f"{key[1]}|{key[0]}".encode(), digest_size=8).digest(), "big", signed=True)
+def _claim_digest(key: tuple[str, int]) -> bytes:
+    """A conversation's claim: MySQL names it by the hex, PostgreSQL numbers it by the first 8 bytes."""
+    return blake2b(f"{key[1]}|{key[0]}".encode(), digest_size=16).digest()
 
 
 class MySQLBulk(Bulk):
@@ -166,7 +163,8 @@ class MySQLBulk(Bulk):
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             cur.execute(
-                "SELECT " + ", ".join(["GET_LOCK(%s, 0)"] * len(chunk)), [_claim_name(k) for k in chunk]
+                "SELECT " + ", ".join(["GET_LOCK(%s, 0)"] * len(chunk)),
+                ["mes:" + _claim_digest(k).hex() for k in chunk],
             )
             got = cur.fetchone()
             busy.update(k for k, ok in zip(chunk, got, strict=True) if ok != 1)
@@ -241,7 +239,7 @@ class PostgresBulk(Bulk):
         # Transaction-level advisory locks: they go with the commit or the rollback.
         if not keys:
             return set()
-        numbers = [_claim_number(k) for k in keys]
+        numbers = [int.from_bytes(_claim_digest(k)[:8], "big", signed=True) for k in keys]
         cur.execute(
             "SELECT n FROM unnest(%s::bigint[]) AS t(n) WHERE NOT pg_try_advisory_xact_lock(n)",
             (numbers,),
