@@ -28,7 +28,7 @@ class _OneWriteConnection(redis.Connection):
     redis-py packs a batch's ``RPUSH`` into hundreds of pieces (it avoids copying large
     values) and writes each with its own ``sendall``; every write lets go of the GIL, and
     taking it back waits up to 5 ms (the interpreter's switch interval) while the gateway's
-    threads run Python, so a busy caller could hold one push up for a tenth of a second.
+    threads run Python, so a busy caller could hold one push up for many of those waits.
     Joined, it is one copy of the batch and one write.
     """
 
