@@ -10,6 +10,9 @@ the folder and uses WAL.
 from __future__ import annotations
 
 import os
+import random
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event, text
@@ -118,7 +121,7 @@ def _configure_sqlite(engine: Engine) -> None:
         # without waiting. The writer begins IMMEDIATE itself; others begin below.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cur)
         cur.execute("PRAGMA synchronous=FULL")  # a committed batch survives a power cut
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
@@ -126,6 +129,25 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("mes_write") else "BEGIN")
+
+
+def _use_wal(cur: Any, *, patience_s: float = 30.0) -> None:
+    """Put the database file in WAL mode (it stays so: later connections find it done).
+
+    Switching needs the file to itself, and SQLite answers "database is locked" at once
+    instead of waiting (the busy timeout does not cover it): processes starting together
+    on a new file retry until one of them has switched it.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01 + random.random() * 0.02)
 
 
 def bootstrap_database(settings: DatabaseSettings) -> None:
