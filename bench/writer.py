@@ -310,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="all", choices=["all", "mysql", "postgresql", "sqlite"])
     parser.add_argument("--events", type=int, default=3000, help="chat events (multi-turn) per run")
     parser.add_argument("--batch", type=int, default=500, help="events per writer batch (a job)")
+    parser.add_argument(
+        "--active", type=int, default=1, help="chats under way at once (1: each chat's turns back to back)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--phases", action="store_true", help="also time each step of the writer's transaction"
@@ -319,9 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", default=f"postgres://postgres@127.0.0.1:5432/{DB}")
     args = parser.parse_args(argv)
     configure_logging(level=logging.WARNING)
-    events = make_events(args.events)
+    events = make_events(args.events, active=args.active)
     backends = ["mysql", "postgresql", "sqlite"] if args.backend == "all" else [args.backend]
-    print(f"{len(events)} events, batches of {args.batch}, median of {args.repeat}; message rows per second")
+    print(
+        f"{len(events)} events, {args.active} chat(s) under way at once, batches of {args.batch},"
+        f" median of {args.repeat}; message rows per second"
+    )
     print(
         f"{'backend':<11}{'rows':>7}{'naive':>9}{'writer':>9}{'raw':>9}{'raw+uniq':>10}{'w/naive':>9}{'w/raw':>7}{'index cost':>12}"
     )

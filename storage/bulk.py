@@ -122,26 +122,18 @@ class Bulk:
     def lock_suffix(self) -> str:
         return " FOR UPDATE"
 
-    def claim(self, cur: Any, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Try to claim conversations for this transaction without waiting; returns those
-        another writer holds. A claim is a hint, not the guard (the row locks taken next
-        are): it lets a writer leave a conversation that another batch is writing for
-        later, instead of waiting for that batch's whole transaction."""
+    def claim(self, cur: Any, keys: Sequence[tuple[str, int]], *, wait: bool = False) -> set[tuple[str, int]]:
+        """Claim conversations (``keys`` in sorted order) for this transaction; returns
+        those another writer holds. Without ``wait`` it does not wait, so a writer can leave
+        a conversation that another batch is writing for later instead of waiting for that
+        batch's whole transaction; with ``wait`` it queues for them (in key order: no two
+        waiting writers deadlock). A claim keeps writers apart; it is not the guard (the
+        unique keys and row locks are)."""
         return set()
 
     def release_claims(self, dbapi_conn: Any) -> None:
         """Give up this session's claims (after commit or rollback) where they outlive
         the transaction."""
-
-    def create_placeholders(
-        self, cur: Any, table: Table, columns: Sequence[str], keys: Sequence[str], rows: list[Row]
-    ) -> None:
-        """Insert rows that do not exist yet and lock them all, in key order.
-
-        A transaction that finds nothing to lock cannot stop another from creating the same
-        new conversation; inserting placeholders first makes the second wait for the first.
-        """
-        self.upsert(cur, table, columns, keys, rows, keep=True)
 
     # -- errors ----------------------------------------------------------------------
     def classify(self, exc: BaseException) -> str | None:
@@ -157,9 +149,17 @@ def _claim_digest(key: tuple[str, int]) -> bytes:
 class MySQLBulk(Bulk):
     backend = "mysql"
 
-    def claim(self, cur: Any, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
-        # Named locks of the session (GET_LOCK with no wait), released after the transaction.
+    _WAIT_S = 30  # a claim not had by then is left to the keys and row locks
+
+    def claim(self, cur: Any, keys: Sequence[tuple[str, int]], *, wait: bool = False) -> set[tuple[str, int]]:
+        # Named locks of the session, released after the transaction.
         busy: set[tuple[str, int]] = set()
+        if wait:  # one at a time, in order
+            for k in keys:
+                cur.execute("SELECT GET_LOCK(%s, %s)", ("mes:" + _claim_digest(k).hex(), self._WAIT_S))
+                if cur.fetchone()[0] != 1:
+                    busy.add(k)
+            return busy
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             cur.execute(
@@ -235,11 +235,17 @@ _NULL = _Null()
 class PostgresBulk(Bulk):
     backend = "postgresql"
 
-    def claim(self, cur: Any, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+    def claim(self, cur: Any, keys: Sequence[tuple[str, int]], *, wait: bool = False) -> set[tuple[str, int]]:
         # Transaction-level advisory locks: they go with the commit or the rollback.
         if not keys:
             return set()
         numbers = [int.from_bytes(_claim_digest(k)[:8], "big", signed=True) for k in keys]
+        if wait:  # one statement; the array's order is the order they are taken in
+            cur.execute(
+                "SELECT count(pg_advisory_xact_lock(n)) FROM unnest(%s::bigint[]) AS t(n)", (numbers,)
+            )
+            cur.fetchall()
+            return set()
         cur.execute(
             "SELECT n FROM unnest(%s::bigint[]) AS t(n) WHERE NOT pg_try_advisory_xact_lock(n)",
             (numbers,),
@@ -304,11 +310,6 @@ class SQLiteBulk(Bulk):
 
     def lock_suffix(self) -> str:
         return ""
-
-    def create_placeholders(
-        self, cur: Any, table: Table, columns: Sequence[str], keys: Sequence[str], rows: list[Row]
-    ) -> None:
-        return  # BEGIN IMMEDIATE already serialises writers
 
     def classify(self, exc: BaseException) -> str | None:
         import sqlite3

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from ..core.days import DayCalendar, date_of_int, day_int
-from .turns import chain_ids, chain_seed, content_column, owned_start, turn_key
+from .turns import chain_ids, chain_seed, content_column, owned_start, turn_digest
 
 __all__ = [
     "CHAT_COLUMNS",
@@ -90,7 +90,9 @@ class Prepared:
     user_id: int
     model: str
     messages: Sequence[Mapping[str, Any]]
-    digests: list[bytes] = dataclasses.field(default_factory=list)
+    digests: list[bytes] = dataclasses.field(default_factory=list)  # chain id of each message
+    answers: list[bytes] = dataclasses.field(default_factory=list)  # ... and of each choice
+    hashed: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
@@ -168,10 +170,6 @@ class ConversationState:
             ",".join(map(str, sorted(self.days))), self.created_at, self.updated_at,
         )  # fmt: skip
 
-    @staticmethod
-    def placeholder(key: tuple[str, int], now_s: int) -> tuple[Any, ...]:
-        return ConversationState(key[0], key[1], created_at=now_s, updated_at=now_s).to_row()
-
 
 @dataclasses.dataclass
 class Plan:
@@ -211,8 +209,14 @@ def _choice_message(choice: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _with_digests(ev: Prepared) -> None:
-    if not ev.digests:
-        ev.digests = chain_ids(chain_seed(ev.user_id, ev.conversation_id), ev.messages)
+    if ev.hashed:
+        return
+    seed = chain_seed(ev.user_id, ev.conversation_id)
+    ev.digests = chain_ids(seed, ev.messages)
+    if ev.kind == KIND_CHAT:
+        last = ev.digests[-1] if ev.digests else seed
+        ev.answers = [turn_digest(last, _answer(choice)) for choice in _choices(ev.raw)]
+    ev.hashed = True
 
 
 def lookup_targets(
@@ -223,24 +227,24 @@ def lookup_targets(
     Candidates are the messages each chat event owns and its response ids; they are
     looked up in the event's own day and the conversation's latest day (where a
     regenerated question was first stored), and in every day of the conversation when
-    the request has no assistant message to anchor on.
+    the request has no assistant message to anchor on. A conversation with no chat event
+    applied has no history rows anywhere (rows and index change in one transaction, and
+    deletion and retention recount the index), so it is not looked up: its events in this
+    batch meet each other in the plan, and a writer racing to create it fails a unique key.
     """
     targets: dict[dt.date, tuple[set[str], set[str]]] = {}
     for ev in events:
         if ev.kind != KIND_CHAT:
             continue
-        _with_digests(ev)
         state = states.get(ev.key)
-        known = state is not None and state.event_count > 0
-        # Unknown conversations own their whole request; looking all of it up also covers
-        # a second event of the same new conversation later in this batch.
-        start = owned_start(ev.messages) if known else 0
+        if state is None or state.event_count == 0:
+            continue
+        _with_digests(ev)
+        start = owned_start(ev.messages)
         ids = [_hex(d) for d in ev.digests[start:]]
-        last = ev.digests[-1] if ev.digests else chain_seed(ev.user_id, ev.conversation_id)
-        for choice in _choices(ev.raw):
-            ids.append(_hex(blake2b(last + _turn(choice), digest_size=16).digest()))
+        ids.extend(_hex(d) for d in ev.answers)
         days = {ev.day}
-        if known and state is not None and state.days:
+        if state.days:
             days.add(date_of_int(max(state.days)))
             if start == 0:
                 days.update(date_of_int(d) for d in state.days)
@@ -251,10 +255,12 @@ def lookup_targets(
     return targets
 
 
-def _turn(choice: Mapping[str, Any]) -> bytes:
-    message = dict(_choice_message(choice))
-    message.setdefault("role", "assistant")
-    return turn_key(message)
+def _answer(choice: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A choice's message as the next request will send it back (the role may be left out)."""
+    message = _choice_message(choice)
+    if message.get("role"):
+        return message
+    return {**message, "role": "assistant"}
 
 
 def _extras(message: Mapping[str, Any], is_json: bool) -> dict[str, Any] | None:
@@ -442,11 +448,10 @@ def _chat_rows(
     usage = response.get("usage")
     tokens = _usage_tokens(usage)
     head = {k: v for k, v in response.items() if k not in _RESPONSE_SKIP}
-    last = ev.digests[-1] if ev.digests else chain_seed(uid, cid)
     seq = len(ev.messages)
     response_row = Existing(ev.day, True, ev.model, ms, planned=True)
     for n, choice in enumerate(_choices(raw)):
-        digest = blake2b(last + _turn(choice), digest_size=16).digest()
+        digest = ev.answers[n]
         mid = _hex(digest)
         found = taken.get((cid, mid))
         if found is not None:

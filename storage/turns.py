@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["chain_ids", "chain_seed", "content_column", "owned_start", "turn_key"]
+__all__ = ["chain_ids", "chain_seed", "content_column", "owned_start", "turn_digest", "turn_key"]
 
 _SORT = orjson.OPT_SORT_KEYS
 
@@ -70,12 +70,60 @@ def turn_key(message: Mapping[str, Any]) -> bytes:
     return orjson.dumps(key, option=_SORT)
 
 
+class _Memo:
+    """Chain digests already computed, for messages with a string content and no tool calls
+    (most of a chat's history).
+
+    Every request of a chat re-sends the turns before it, and a worker usually meets a
+    chat's next request in the same or the next batch: the digest of a re-sent turn (an
+    answer first seen as a response included) is found here by the previous digest and the
+    fields of the turn (a dict lookup: one pass over the text to hash it, one to compare
+    it) instead of serialising and hashing the text again. Equal keys give equal
+    ``turn_key``s, so a hit is exactly what the definition gives. Two generations bounded
+    by the text they hold: a few MB whatever the message sizes.
+    """
+
+    __slots__ = ("chars", "limit", "new", "old")
+
+    def __init__(self, limit: int = 4_000_000) -> None:
+        self.limit = limit
+        self.new: dict[tuple[Any, ...], bytes] = {}
+        self.old: dict[tuple[Any, ...], bytes] = {}
+        self.chars = 0
+
+    def digest(self, prev: bytes, message: Mapping[str, Any]) -> bytes:
+        get = message.get
+        content = get("content")
+        if type(content) is not str or get("tool_calls"):
+            return blake2b(prev + turn_key(message), digest_size=16).digest()
+        key = (prev, get("role"), content, get("name"), get("tool_call_id"))
+        found = self.new.get(key)
+        if found is None:
+            found = self.old.get(key)
+            if found is None:
+                found = blake2b(prev + turn_key(message), digest_size=16).digest()
+            self.chars += len(content)
+            if self.chars > self.limit:  # a new generation; the one before it is dropped
+                self.old, self.new, self.chars = self.new, {}, len(content)
+            self.new[key] = found
+        return found
+
+
+_MEMO = _Memo()
+
+
+def turn_digest(prev: bytes, message: Mapping[str, Any]) -> bytes:
+    """``H(prev || turn_key(message))``: the chain id of ``message`` after ``prev``."""
+    return _MEMO.digest(prev, message)
+
+
 def chain_ids(seed: bytes, messages: Sequence[Mapping[str, Any]]) -> list[bytes]:
     """The chain digest of each message: ``h[i] = H(h[i-1] || turn_key(m[i]))``."""
     out: list[bytes] = []
     prev = seed
+    digest = _MEMO.digest
     for message in messages:
-        prev = blake2b(prev + turn_key(message), digest_size=16).digest()
+        prev = digest(prev, message)
         out.append(prev)
     return out
 

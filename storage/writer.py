@@ -5,15 +5,19 @@ One transaction per batch:
 1. which event ids the ledger already holds (those are skipped: exactly once);
 2. claim the conversations the rest touch, without waiting (``Bulk.claim``); events of a
    conversation that another batch is writing at this moment are left for a second
-   transaction after this one commits, so two workers whose batches share a chat (an
-   agent's rapid calls, a chat cut by a batch boundary, an active user) do not queue
-   behind each other's whole transactions. Then lock the claimed conversations, creating
-   placeholders for new ones, in key order: the row locks are the guard (two writers of
-   the same conversation queue up instead of overwriting each other), the claims a hint;
+   transaction after this one commits (which waits for its claims), so two workers whose
+   batches share a chat (an agent's rapid calls, a chat cut by a batch boundary, an
+   active user) do not queue behind each other's whole transactions. Then lock the rows
+   of the claimed conversations that exist, in key order;
 3. read which candidate message ids already exist (multi-turn dedup, see ``turns``);
 4. plan (pure), then insert: ledger rows first (a concurrent duplicate fails fast on the
    ledger's primary key), history rows with the backend's bulk path, dead letters;
-5. rewrite the conversation rows and add to the rollups; commit.
+5. insert the new conversation rows, rewrite the others, add to the rollups; commit.
+
+Claims keep writers of one conversation apart, but they are not the guard: the keys are.
+Existing conversations are read under a row lock; a conversation planned as new is
+inserted with a plain INSERT, so a writer that did not see another's uncommitted new
+conversation (or its rows) fails a unique key and runs again, instead of overwriting it.
 
 The commit is the acknowledgement: a caller may drop its copy of the batch only after
 ``write`` returns. Duplicates die on unique keys, never on hope: a race the plan did not
@@ -145,10 +149,10 @@ class BatchWriter:
         if self.catalog.daily:
             self.catalog.ensure_days({ev.day for ev in prepared})
         result = WriteResult(events=len(events), duplicates=len(events) - len(prepared))
-        deferred = self._attempts(prepared, dead_letters, batch_id, result, claim=True)
-        if deferred:  # their conversations were another batch's: now wait for it, if need be
+        deferred = self._attempts(prepared, dead_letters, batch_id, result, defer=True)
+        if deferred:  # their conversations were another batch's: now wait for it
             result.deferred = len(deferred)
-            self._attempts(deferred, (), batch_id, result, claim=False)
+            self._attempts(deferred, (), batch_id, result, defer=False)
         return result
 
     def _attempts(
@@ -158,12 +162,12 @@ class BatchWriter:
         batch_id: str | None,
         result: WriteResult,
         *,
-        claim: bool,
+        defer: bool,
     ) -> list[Prepared]:
         for attempt in range(1, self.max_attempts + 1):
             result.attempts += 1
             try:
-                return self._transaction(prepared, dead_letters, batch_id, result, claim=claim)
+                return self._transaction(prepared, dead_letters, batch_id, result, defer=defer)
             except _Retry as retry:
                 if attempt == self.max_attempts:
                     raise DatabaseUnavailable(
@@ -209,7 +213,7 @@ class BatchWriter:
         batch_id: str | None,
         result: WriteResult,
         *,
-        claim: bool,
+        defer: bool,
     ) -> list[Prepared]:
         """One transaction; returns the events it left for later (see step 2)."""
         bulk, catalog = self.bulk, self.catalog
@@ -222,16 +226,13 @@ class BatchWriter:
             applied = self._ledger_hits(cur, prepared)
             fresh = [ev for ev in prepared if ev.event_id not in applied]
             keys = sorted({ev.key for ev in fresh})
-            busy = bulk.claim(cur, keys) if claim else set()
-            if busy:
+            busy = bulk.claim(cur, keys, wait=not defer)
+            if busy and defer:
                 later = [ev for ev in fresh if ev.key in busy]
                 fresh = [ev for ev in fresh if ev.key not in busy]
                 keys = [k for k in keys if k not in busy]
-            bulk.create_placeholders(
-                cur, catalog.conversations, CONVERSATION_COLUMNS, _CONV_KEYS,
-                [ConversationState.placeholder(k, now_s) for k in keys],
-            )  # fmt: skip
             states = self._load_states(cur, keys)
+            stored = set(states)
             existing = self._existing(cur, lookup_targets(fresh, states))
             plan = build_plan(fresh, states, existing, now_s=now_s, calendar=self.calendar)
             for day, rows in plan.ledger_rows.items():
@@ -249,17 +250,19 @@ class BatchWriter:
                     (now_s, d.fingerprint, d.event_id, batch_id, d.source, d.reason, d.payload) for d in dead
                 ]
                 bulk.upsert(cur, catalog.dead_letters, _DEAD_COLUMNS, ("fingerprint",), rows, keep=True)
+            conversations = [s.to_row() for s in plan.conversations]
+            bulk.insert(cur, catalog.conversations, CONVERSATION_COLUMNS,
+                        [r for r in conversations if (r[0], r[1]) not in stored])  # fmt: skip
             bulk.upsert(cur, catalog.conversations, CONVERSATION_COLUMNS, _CONV_KEYS,
-                        [s.to_row() for s in plan.conversations])  # fmt: skip
+                        [r for r in conversations if (r[0], r[1]) in stored])  # fmt: skip
             bulk.upsert(
                 cur, catalog.daily_stats, STATS_COLUMNS, _STATS_KEYS, plan.stats_rows(), add=STATS_COLUMNS[3:]
             )
             cur.close()
             conn.commit()
-            if claim:
-                bulk.release_claims(conn.driver_connection)
+            bulk.release_claims(conn.driver_connection)
         except Exception as exc:
-            self._fail(conn, exc, release=claim)
+            self._fail(conn, exc)
         else:
             conn.close()
             result.applied += plan.applied
@@ -275,12 +278,11 @@ class BatchWriter:
         except Exception as exc:
             raise DatabaseUnavailable(f"cannot connect to the MES database: {_first_line(exc)}") from exc
 
-    def _fail(self, conn: Any, exc: Exception, *, release: bool = False) -> None:
+    def _fail(self, conn: Any, exc: Exception) -> None:
         kind = self.bulk.classify(exc)
         try:
             conn.rollback()
-            if release:
-                self.bulk.release_claims(conn.driver_connection)
+            self.bulk.release_claims(conn.driver_connection)
         except Exception:  # the connection is gone: make the pool forget it
             kind = kind if kind in (ErrorKind.DATA, ErrorKind.RETRY) else ErrorKind.UNAVAILABLE
             conn.invalidate()

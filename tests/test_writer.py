@@ -285,14 +285,15 @@ def test_a_conversation_another_batch_is_writing_waits_but_the_rest_commit(serve
     x = conversation("conv-x", 3)
     free = [chat(f"conv-free-{i}", [{"role": "user", "content": "q"}], "a") for i in range(5)]
     holding, release = threading.Event(), threading.Event()
-    real = other.writer.bulk.create_placeholders
+    real = other.writer._load_states
 
-    def pause_after_locking(*args: Any, **kwargs: Any) -> None:
-        real(*args, **kwargs)  # B has claimed X and holds its row lock: now it dawdles
+    def pause_after_claiming(*args: Any, **kwargs: Any) -> Any:
+        states = real(*args, **kwargs)  # B has claimed X (new: no row to lock): now it dawdles
         holding.set()
         release.wait(30)
+        return states
 
-    other.writer.bulk.create_placeholders = pause_after_locking  # type: ignore[method-assign]
+    other.writer._load_states = pause_after_claiming  # type: ignore[method-assign]
 
     def worker_b() -> None:
         other.writer.write([x[0]])
@@ -339,4 +340,51 @@ def test_a_writer_alone_defers_nothing_and_releases_its_claims(server_backend):
         other.writer.bulk.release_claims(conn.driver_connection)
     finally:
         conn.close()
+    assert_consistent(storage)
+
+
+@pytest.mark.parametrize("a_writes", ["the next turn", "an error"])
+def test_two_writers_both_seeing_a_new_conversation_store_each_turn_once(server_backend, a_writes):
+    """Claims are a courtesy, not the guard: with them switched off, writer B plans new chat
+    X and dawdles while writer A creates X and commits (with the next turn, whose history
+    rows collide with B's, or with a failed request, which shares only the conversation's
+    key). B's inserts then fail a unique key, B runs again on what A committed, and every
+    turn is stored and counted once."""
+    storage, other = server_backend.storage(), server_backend.storage()
+    for s in (storage, other):
+        s.writer.bulk.claim = lambda cur, keys, wait=False: set()  # type: ignore[method-assign]
+    x = conversation("conv-race", 2)
+    a_event = (
+        x[1] if a_writes == "the next turn" else error("conv-race", x[1]["messages"], ms=BASE_MS + 60_000)
+    )
+    holding, release = threading.Event(), threading.Event()
+    real = other.writer._load_states
+
+    def pause_once(*args: Any, **kwargs: Any) -> Any:
+        states = real(*args, **kwargs)
+        if not holding.is_set():
+            holding.set()
+            release.wait(30)
+        return states
+
+    other.writer._load_states = pause_once  # type: ignore[method-assign]
+    results: list[Any] = []
+    b = threading.Thread(target=lambda: results.append(other.writer.write([x[0]])))
+    b.start()
+    assert holding.wait(10)
+    assert storage.writer.write([a_event]).applied == 1  # A: X is new to it too
+    release.set()
+    b.join(30)
+    (result,) = results
+    assert (result.applied, result.attempts) == (1, 2)
+    stored = rows(
+        storage,
+        day_table("conversation_histories", dt.date(2026, 1, 15)),
+        "conversation_id = :c",
+        c="conv-race",
+    )
+    expected = [("system", "You are terse."), ("user", "question 0 你好 😀"), ("assistant", "answer 0")]
+    if a_writes == "the next turn":
+        expected += [("user", "question 1 你好 😀"), ("assistant", "answer 1")]
+    assert sorted((r["role"], r["content"]) for r in stored) == sorted(expected)
     assert_consistent(storage)
