@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import weakref
 from collections.abc import Sequence
 from hashlib import blake2b
 from typing import Any
@@ -135,6 +136,10 @@ class Bulk:
         """Give up this session's claims (after commit or rollback) where they outlive
         the transaction."""
 
+    def after_transaction(self, dbapi_conn: Any, *, committed: bool) -> None:
+        """Called by the writer after each commit or rollback."""
+        self.release_claims(dbapi_conn)
+
     # -- errors ----------------------------------------------------------------------
     def classify(self, exc: BaseException) -> str | None:
         """What kind of failure a driver exception is (an ``ErrorKind``), or None if not a DB error."""
@@ -253,15 +258,28 @@ class PostgresBulk(Bulk):
         refused = {r[0] for r in cur.fetchall()}
         return {k for k, n in zip(keys, numbers, strict=True) if n in refused}
 
+    # Upserts of this many rows or more go through a staging table: COPY, then one
+    # INSERT ... SELECT ... ON CONFLICT. Measured on 2 cores with ~220 rollup rows: about a
+    # third of the time of execute_values, whose VALUES list psycopg2 builds row by row in
+    # Python and the server parses as one long statement.
+    STAGE_MIN_ROWS = 16
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        # Per DB-API connection: staging tables known to exist, and those created in the
+        # transaction under way (they count once it commits; a rollback takes them back).
+        self._stages: weakref.WeakKeyDictionary[Any, tuple[set[str], set[str]]] = weakref.WeakKeyDictionary()
+
     def insert(self, cur: Any, table: Table, columns: Sequence[str], rows: list[Row]) -> None:
+        self._copy(cur, table.name, columns, rows)
+
+    def _copy(self, cur: Any, name: str, columns: Sequence[str], rows: list[Row]) -> None:
         if not rows:
             return
-        key = ("copy", table.name, tuple(columns))
+        key = ("copy", name, tuple(columns))
         sql = self._sql_cache.get(key)
         if sql is None:
-            sql = (
-                f"COPY {self.q(table.name)} ({self._cols(columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')"
-            )
+            sql = f"COPY {self.q(name)} ({self._cols(columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')"
             self._sql_cache[key] = sql
         buf = io.StringIO()
         writer = csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
@@ -281,6 +299,49 @@ class PostgresBulk(Bulk):
         from psycopg2.extras import execute_values
 
         execute_values(cur, sql, rows, page_size=max(1, len(rows)))
+
+    def upsert(
+        self,
+        cur: Any,
+        table: Table,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        rows: list[Row],
+        *,
+        add: Sequence[str] = (),
+        keep: bool = False,
+    ) -> None:
+        if keep or len(rows) < self.STAGE_MIN_ROWS:
+            super().upsert(cur, table, columns, keys, rows, add=add, keep=keep)
+            return
+        stage = "mes_stage_" + table.name
+        ready, pending = self._stages.setdefault(cur.connection, (set(), set()))
+        if stage not in ready and stage not in pending:
+            # A temporary table of this session; emptied at each commit.
+            cur.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {self.q(stage)} "
+                f"(LIKE {self.q(table.name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            pending.add(stage)
+        key = ("staged", table.name, tuple(columns), tuple(keys), tuple(add))
+        sql = self._sql_cache.get(key)
+        if sql is None:
+            # Rows are taken in key order: the lock order that keeps writers from deadlocking.
+            source = f"SELECT {self._cols(columns)} FROM {self.q(stage)} ORDER BY {self._cols(keys)}"
+            upsert = Bulk._upsert_sql(self, table.name, columns, keys, add, False)
+            sql = upsert.replace("VALUES " + self.marks(len(columns)), source, 1)
+            sql += f"; DELETE FROM {self.q(stage)}"  # empty again for a second use in this transaction
+            self._sql_cache[key] = sql
+        self._copy(cur, stage, columns, rows)
+        cur.execute(sql)
+
+    def after_transaction(self, dbapi_conn: Any, *, committed: bool) -> None:
+        if committed:
+            ready, pending = self._stages.get(dbapi_conn, (set(), set()))
+            ready |= pending
+            pending.clear()
+        else:  # forget them all: CREATE ... IF NOT EXISTS makes them again if they are gone
+            self._stages.pop(dbapi_conn, None)
 
     def classify(self, exc: BaseException) -> str | None:
         import psycopg2

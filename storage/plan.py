@@ -280,8 +280,11 @@ def _title(messages: Sequence[Mapping[str, Any]]) -> str:
                     for p in content
                     if isinstance(p, Mapping) and p.get("type") == "text"
                 )
-            text = " ".join(str(content or "").split())
-            return text[:TITLE_LEN]
+            text = str(content or "")
+            head = " ".join(text[: 4 * TITLE_LEN].split())  # most texts: no need to split them all
+            if len(head) > TITLE_LEN or len(text) <= 4 * TITLE_LEN:
+                return head[:TITLE_LEN]
+            return " ".join(text.split())[:TITLE_LEN]
     return ""
 
 
@@ -432,17 +435,24 @@ def _chat_rows(
     start = owned_start(ev.messages) if state.event_count > 0 else 0
     history_row = Existing(ev.day, False, ev.model, ms, planned=True)
     rows: list[tuple[Any, ...]] = []
-    for seq in range(start, len(ev.messages)):
-        mid = _hex(ev.digests[seq])
-        if (cid, mid) in taken:
+    messages, digests, model = ev.messages, ev.digests, ev.model
+    for seq in range(start, len(messages)):
+        mid = digests[seq].hex()
+        key = (cid, mid)
+        if key in taken:
             continue
-        taken[(cid, mid)] = history_row
-        message = ev.messages[seq]
-        content, is_json = content_column(message.get("content"))
-        extra = _extras(message, is_json)
+        taken[key] = history_row
+        message = messages[seq]
+        content = message.get("content")
+        if len(message) == 2 and type(content) is str:  # role and text: nothing else to keep
+            other = None
+        else:
+            content, is_json = content_column(content)
+            extra = _extras(message, is_json)
+            other = _dumps(extra) if extra else None
         rows.append((
-            uid, created, now_s, cid, mid, message.get("role") or "", content, ev.model, token_id,
-            channel_id, 0, 0, 0, is_stream, None, None, _dumps(extra) if extra else None, ip, eid, seq, ms, False,
+            uid, created, now_s, cid, mid, message.get("role") or "", content, model, token_id,
+            channel_id, 0, 0, 0, is_stream, None, None, other, ip, eid, seq, ms, False,
         ))  # fmt: skip
     response = raw.get("response") or {}
     usage = response.get("usage")

@@ -260,7 +260,7 @@ class BatchWriter:
             )
             cur.close()
             conn.commit()
-            bulk.release_claims(conn.driver_connection)
+            bulk.after_transaction(conn.driver_connection, committed=True)
         except Exception as exc:
             self._fail(conn, exc)
         else:
@@ -282,7 +282,7 @@ class BatchWriter:
         kind = self.bulk.classify(exc)
         try:
             conn.rollback()
-            self.bulk.release_claims(conn.driver_connection)
+            self.bulk.after_transaction(conn.driver_connection, committed=False)
         except Exception:  # the connection is gone: make the pool forget it
             kind = kind if kind in (ErrorKind.DATA, ErrorKind.RETRY) else ErrorKind.UNAVAILABLE
             conn.invalidate()

@@ -54,3 +54,13 @@ def test_the_memo_keeps_at_most_two_generations_of_text():
         memo.digest(b"\1" * 16, {"role": "user", "content": "hi"})
         == blake2b(b"\1" * 16 + turn_key({"role": "user", "content": "hi"}), digest_size=16).digest()
     )
+
+
+@given(st.text(alphabet=st.sampled_from("ab \n\t\u3000你"), max_size=1200))
+def test_a_title_is_the_first_user_text_normalised_however_long(text):
+    from mes.storage.plan import TITLE_LEN, _title
+
+    assert (
+        _title([{"role": "system", "content": "x"}, {"role": "user", "content": text}])
+        == (" ".join(text.split())[:TITLE_LEN])
+    )

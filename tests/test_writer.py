@@ -388,3 +388,44 @@ def test_two_writers_both_seeing_a_new_conversation_store_each_turn_once(server_
         expected += [("user", "question 1 你好 😀"), ("assistant", "answer 1")]
     assert sorted((r["role"], r["content"]) for r in stored) == sorted(expected)
     assert_consistent(storage)
+
+
+def test_many_conversations_and_rollups_written_twice_over_stay_exact(backend):
+    """Batches wide enough for PostgreSQL's staged upserts (COPY into a session table,
+    then one INSERT ... ON CONFLICT): 40 chats of 20 users, then each chat's next turn."""
+    storage = backend.storage()
+    chats = [
+        conversation(f"conv-wide-{i}", 2, user_id=i % 20 + 1, model=("gpt-4o", "o3")[i % 2])
+        for i in range(40)
+    ]
+    first = storage.writer.write([c[0] for c in chats])
+    second = storage.writer.write([c[1] for c in chats])
+    assert (first.applied, second.applied) == (40, 40)
+    assert count(storage, "mes_conversations") == 40
+    assert_consistent(storage)
+
+
+def test_an_upsert_in_a_rolled_back_transaction_leaves_the_next_one_working(backend):
+    """A staging table made in a transaction that rolls back is gone with it: the writer
+    must not count on it afterwards."""
+    storage = backend.storage()
+    bulk, stats = storage.writer.bulk, storage.catalog.daily_stats
+    from mes.storage.plan import STATS_COLUMNS
+
+    rows = [(user, 20260115, "gpt-4o", 1, 0, 1, 0, 1, 1, 2) for user in range(1, 41)]
+    conn = storage.engine.raw_connection()
+    try:
+        for outcome in ("rollback", "commit", "commit"):
+            bulk.begin(conn.driver_connection)
+            cur = conn.cursor()
+            bulk.upsert(
+                cur, stats, STATS_COLUMNS, ("user_id", "day", "model_name"), rows, add=STATS_COLUMNS[3:]
+            )
+            cur.close()
+            getattr(conn, outcome)()
+            bulk.after_transaction(conn.driver_connection, committed=outcome == "commit")
+    finally:
+        conn.close()
+    with storage.engine.connect() as c:
+        got = c.execute(text("SELECT COUNT(*), SUM(messages), SUM(total_tokens) FROM mes_daily_stats")).one()
+    assert tuple(got) == (40, 80, 160)
