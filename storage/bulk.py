@@ -136,6 +136,10 @@ class Bulk:
     def lock_suffix(self) -> str:
         return " FOR UPDATE"
 
+    def by_key(self) -> str:
+        """What follows a table's name to make a locking read go by its primary key."""
+        return ""
+
     def claim(self, cur: Any, keys: Sequence[tuple[str, int]], *, wait: bool = False) -> set[tuple[str, int]]:
         """Claim conversations (``keys`` in sorted order) for this transaction; returns
         those another writer holds. Without ``wait`` it does not wait, so a writer can leave
@@ -198,6 +202,12 @@ class MySQLBulk(Bulk):
 
     def begin(self, dbapi_conn: Any) -> None:
         dbapi_conn.begin()
+
+    def by_key(self) -> str:
+        # With a long IN list InnoDB may choose to scan the table, and a locking scan waits
+        # for every row another writer holds, not just the ones asked for: two workers
+        # then take turns (seen with 2,000 chats under way: two writers no faster than one).
+        return " FORCE INDEX (PRIMARY)"
 
     def _upsert_sql(
         self, table: str, columns: Sequence[str], keys: Sequence[str], add: Sequence[str], keep: bool

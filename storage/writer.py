@@ -324,7 +324,7 @@ class BatchWriter:
             return {}
         q = self.bulk.q
         cols = ", ".join(q(c) for c in CONVERSATION_COLUMNS)
-        head = f"SELECT {cols} FROM {q('mes_conversations')} WHERE {q('conversation_id')} IN "
+        head = f"SELECT {cols} FROM {q('mes_conversations')}{self.bulk.by_key()} WHERE {q('conversation_id')} IN "
         wanted = set(keys)
         states = {}
         cids = sorted({k[0] for k in keys})

@@ -429,3 +429,35 @@ def test_an_upsert_in_a_rolled_back_transaction_leaves_the_next_one_working(back
     with storage.engine.connect() as c:
         got = c.execute(text("SELECT COUNT(*), SUM(messages), SUM(total_tokens) FROM mes_daily_stats")).one()
     assert tuple(got) == (40, 80, 160)
+
+
+def test_locking_the_batch_conversations_waits_for_no_other_conversation(server_backend):
+    """Writer B holds chat 0's row mid-transaction. Writer A's batch has the next turns of
+    the 29 other chats: its locking read of their rows must not wait for B (a locking
+    table scan would, and two workers would take turns instead of writing together)."""
+    storage, other = server_backend.storage(), server_backend.storage()
+    chats = [conversation(f"conv-lock-{i:02d}", 2) for i in range(30)]
+    storage.writer.write([c[0] for c in chats])
+    holding, release = threading.Event(), threading.Event()
+    real = other.writer._load_states
+
+    def pause(*args: Any, **kwargs: Any) -> Any:
+        states = real(*args, **kwargs)  # B now holds chat 0's row lock
+        holding.set()
+        release.wait(30)
+        return states
+
+    other.writer._load_states = pause  # type: ignore[method-assign]
+    b = threading.Thread(target=lambda: other.writer.write([chats[0][1]]))
+    b.start()
+    try:
+        assert holding.wait(10)
+        done: list[Any] = []
+        a = threading.Thread(target=lambda: done.append(storage.writer.write([c[1] for c in chats[1:]])))
+        a.start()
+        a.join(8)
+        assert done and done[0].applied == 29  # A committed while B still holds chat 0
+    finally:
+        release.set()
+        b.join(30)
+    assert_consistent(storage)
