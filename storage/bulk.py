@@ -358,6 +358,7 @@ class PostgresBulk(Bulk):
         return True
 
     def after_transaction(self, dbapi_conn: Any, *, committed: bool) -> None:
+        super().after_transaction(dbapi_conn, committed=committed)
         if committed:
             ready, pending = self._stages.get(dbapi_conn, (set(), set()))
             ready |= pending

@@ -90,9 +90,8 @@ class Prepared:
     user_id: int
     model: str
     messages: Sequence[Mapping[str, Any]]
-    digests: list[bytes] = dataclasses.field(default_factory=list)  # chain id of each message
+    digests: list[bytes] | None = None  # chain id of each message, once computed
     answers: list[bytes] = dataclasses.field(default_factory=list)  # ... and of each choice
-    hashed: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
@@ -208,15 +207,15 @@ def _choice_message(choice: Mapping[str, Any]) -> Mapping[str, Any]:
     return message if isinstance(message, Mapping) else {}
 
 
-def _with_digests(ev: Prepared) -> None:
-    if ev.hashed:
-        return
+def _with_digests(ev: Prepared) -> list[bytes]:
+    if ev.digests is not None:
+        return ev.digests
     seed = chain_seed(ev.user_id, ev.conversation_id)
-    ev.digests = chain_ids(seed, ev.messages)
+    digests = ev.digests = chain_ids(seed, ev.messages)
     if ev.kind == KIND_CHAT:
-        last = ev.digests[-1] if ev.digests else seed
+        last = digests[-1] if digests else seed
         ev.answers = [turn_digest(last, _answer(choice)) for choice in _choices(ev.raw)]
-    ev.hashed = True
+    return digests
 
 
 def lookup_targets(
@@ -239,9 +238,9 @@ def lookup_targets(
         state = states.get(ev.key)
         if state is None or state.event_count == 0:
             continue
-        _with_digests(ev)
+        digests = _with_digests(ev)
         start = owned_start(ev.messages)
-        ids = [_hex(d) for d in ev.digests[start:]]
+        ids = [_hex(d) for d in digests[start:]]
         ids.extend(_hex(d) for d in ev.answers)
         days = {ev.day}
         if state.days:
@@ -427,7 +426,7 @@ def _chat_rows(
     claim: _Claimer,
 ) -> tuple[list[tuple[Any, ...]], tuple[int, int, int]]:
     raw = ev.raw
-    _with_digests(ev)
+    digests = _with_digests(ev)
     cid, uid, ms = ev.conversation_id, ev.user_id, ev.ms
     created = ms // 1000
     token_id, channel_id = raw.get("token_id") or 0, raw.get("channel_id") or 0
@@ -435,7 +434,7 @@ def _chat_rows(
     start = owned_start(ev.messages) if state.event_count > 0 else 0
     history_row = Existing(ev.day, False, ev.model, ms, planned=True)
     rows: list[tuple[Any, ...]] = []
-    messages, digests, model = ev.messages, ev.digests, ev.model
+    messages, model = ev.messages, ev.model
     for seq in range(start, len(messages)):
         mid = digests[seq].hex()
         key = (cid, mid)
@@ -498,7 +497,7 @@ def _chat_rows(
 def _error_rows(ev: Prepared, state: ConversationState) -> list[tuple[Any, ...]]:
     """The messages of a failed request that the conversation does not hold yet; at least one row."""
     raw = ev.raw
-    _with_digests(ev)
+    digests = _with_digests(ev)
     messages = ev.messages
     start = owned_start(messages) if state.event_count > 0 else 0
     if start >= len(messages):
@@ -516,7 +515,7 @@ def _error_rows(ev: Prepared, state: ConversationState) -> list[tuple[Any, ...]]
                  _dumps(meta) if meta else None, raw.get("ip"), ev.event_id, 0, ev.ms)]  # fmt: skip
     for n, seq in enumerate(picked):
         message = messages[seq]
-        mid = _hex(blake2b(ev.digests[seq] + eid, digest_size=16).digest())
+        mid = _hex(blake2b(digests[seq] + eid, digest_size=16).digest())
         content, is_json = content_column(message.get("content"))
         extra = _extras(message, is_json) or {}
         if n == 0 and meta:
