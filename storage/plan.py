@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from hashlib import blake2b
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -60,6 +60,11 @@ STATS_COLUMNS = (
     "prompt_tokens", "completion_tokens", "total_tokens",
 )  # fmt: skip
 STATS_COUNTERS = STATS_COLUMNS[3:]
+_MESSAGES, _CONVERSATIONS, _REQUESTS, _ERRORS, _PROMPT, _COMPLETION, _TOTAL = (
+    STATS_COUNTERS.index(name) for name in (
+        "messages", "conversations", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens",
+    )
+)  # fmt: skip
 
 _MESSAGE_CORE = ("role", "content")
 _RESPONSE_SKIP = ("choices", "usage")
@@ -92,6 +97,7 @@ class Prepared:
     messages: Sequence[Mapping[str, Any]]
     digests: list[bytes] | None = None  # chain id of each message, once computed
     answers: list[bytes] = dataclasses.field(default_factory=list)  # ... and of each choice
+    choices: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # a chat's, with the answers
 
     @property
     def key(self) -> tuple[str, int]:
@@ -115,9 +121,11 @@ def prepare(raw: Mapping[str, Any], calendar: DayCalendar) -> Prepared:
     )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Existing:
-    """A chat row that a candidate message id already names (found in a table or planned)."""
+class Existing(NamedTuple):
+    """A chat row that a candidate message id already names (found in a table or planned).
+
+    A named tuple: the plan makes two per chat event, and a frozen dataclass costs several
+    times as much to build."""
 
     table_day: dt.date | None  # the table it is in (None: the plain table)
     is_response: bool
@@ -196,15 +204,19 @@ class Plan:
         return [(*key, *counts) for key, counts in sorted(self.stats.items()) if any(counts)]
 
 
-def _choices(raw: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+# Events reach the plan validated, as the dicts JSON decodes to: ``isinstance(x, dict)``
+# is a type check where ``Mapping`` would be an ABC lookup, on every message and choice.
+
+
+def _choices(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
     response = raw.get("response") or {}
     choices = response.get("choices") or []
-    return [c for c in choices if isinstance(c, Mapping)] or [{}]
+    return [c for c in choices if isinstance(c, dict)] or [{}]
 
 
 def _choice_message(choice: Mapping[str, Any]) -> Mapping[str, Any]:
     message = choice.get("message") or choice.get("delta") or {}
-    return message if isinstance(message, Mapping) else {}
+    return message if isinstance(message, dict) else {}
 
 
 def _with_digests(ev: Prepared) -> list[bytes]:
@@ -214,7 +226,8 @@ def _with_digests(ev: Prepared) -> list[bytes]:
     digests = ev.digests = chain_ids(seed, ev.messages)
     if ev.kind == KIND_CHAT:
         last = digests[-1] if digests else seed
-        ev.answers = [turn_digest(last, _answer(choice)) for choice in _choices(ev.raw)]
+        ev.choices = _choices(ev.raw)
+        ev.answers = [turn_digest(last, _answer(choice)) for choice in ev.choices]
     return digests
 
 
@@ -277,7 +290,7 @@ def _title(messages: Sequence[Mapping[str, Any]]) -> str:
                 content = " ".join(
                     str(p.get("text") or "")
                     for p in content
-                    if isinstance(p, Mapping) and p.get("type") == "text"
+                    if isinstance(p, dict) and p.get("type") == "text"
                 )
             text = str(content or "")
             head = " ".join(text[: 4 * TITLE_LEN].split())  # most texts: no need to split them all
@@ -288,18 +301,32 @@ def _title(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 class _Stats:
-    __slots__ = ("plan",)
+    """The plan's rollup increments: one list of counters (``STATS_COUNTERS``) per key."""
+
+    __slots__ = ("rows",)
 
     def __init__(self, plan: Plan) -> None:
-        self.plan = plan
+        self.rows = plan.stats
 
-    def add(self, user_id: int, day: int, model: str, **counts: int) -> None:
+    def _row(self, user_id: int, day: int, model: str) -> list[int]:
         key = (user_id, day, model)
-        row = self.plan.stats.get(key)
+        row = self.rows.get(key)
         if row is None:
-            row = self.plan.stats[key] = [0] * len(STATS_COUNTERS)
-        for name, value in counts.items():
-            row[STATS_COUNTERS.index(name)] += value
+            row = self.rows[key] = [0] * len(STATS_COUNTERS)
+        return row
+
+    def add(self, user_id: int, day: int, model: str, counter: int, value: int) -> None:
+        self._row(user_id, day, model)[counter] += value
+
+    def request(
+        self, user_id: int, day: int, model: str, messages: int, tokens: tuple[int, int, int]
+    ) -> None:
+        row = self._row(user_id, day, model)
+        row[_MESSAGES] += messages
+        row[_REQUESTS] += 1
+        row[_PROMPT] += tokens[0]
+        row[_COMPLETION] += tokens[1]
+        row[_TOTAL] += tokens[2]
 
 
 def build_plan(
@@ -330,13 +357,12 @@ def build_plan(
         if ev.kind == KIND_CHAT:
             rows, tokens = _chat_rows(ev, state, taken, now_s, claim)
             plan.chat_rows.setdefault(ev.day, []).extend(rows)
-            stats.add(ev.user_id, day, ev.model, messages=len(rows), requests=1,
-                      prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=tokens[2])  # fmt: skip
+            stats.request(ev.user_id, day, ev.model, len(rows), tokens)
         else:
             rows = _error_rows(ev, state)
             tokens = (0, 0, 0)
             plan.error_rows.setdefault(ev.day, []).extend(rows)
-            stats.add(ev.user_id, day, ev.model, errors=1)
+            stats.add(ev.user_id, day, ev.model, _ERRORS, 1)
         plan.ledger_rows.setdefault(ev.day, []).append((ev.event_id, ev.kind, now_s))
         _advance(state, ev, len(rows) if ev.kind == KIND_CHAT else 0, tokens, day, stats, calendar)
         state.updated_at = now_s
@@ -358,13 +384,13 @@ def _advance(
         state.first_at_ms = state.last_at_ms = ev.ms
         state.first_model = state.last_model = ev.model
         state.title = _title(ev.messages)
-        stats.add(ev.user_id, day, ev.model, conversations=1)
+        stats.add(ev.user_id, day, ev.model, _CONVERSATIONS, 1)
     elif (ev.ms, ev.model) < (state.first_at_ms, state.first_model):
         # An earlier event arrived late: the conversation now starts on its day. Move the
         # "conversations started" count with it so per-day counts stay exact.
         old_day = day_int(calendar.day_of(state.first_at_ms))
-        stats.add(ev.user_id, old_day, state.first_model, conversations=-1)
-        stats.add(ev.user_id, day, ev.model, conversations=1)
+        stats.add(ev.user_id, old_day, state.first_model, _CONVERSATIONS, -1)
+        stats.add(ev.user_id, day, ev.model, _CONVERSATIONS, 1)
         state.first_at_ms, state.first_model = ev.ms, ev.model
         state.title = _title(ev.messages) or state.title
     # Ties on the millisecond are broken by model name, so the result does not depend on
@@ -385,7 +411,7 @@ def _advance(
 
 
 def _usage_tokens(usage: Any) -> tuple[int, int, int]:
-    if not isinstance(usage, Mapping):
+    if not isinstance(usage, dict):
         return (0, 0, 0)
     prompt = _int(usage.get("prompt_tokens"))
     completion = _int(usage.get("completion_tokens"))
@@ -411,7 +437,7 @@ class _Claimer:
     def __call__(self, ev: Prepared, state: ConversationState, mid: str, row: Existing) -> None:
         self.plan.chat_deletes.setdefault(row.table_day, []).append((ev.conversation_id, mid))
         day = day_int(self.calendar.day_of(row.created_at_ms))
-        self.stats.add(ev.user_id, day, row.model, messages=-1)
+        self.stats.add(ev.user_id, day, row.model, _MESSAGES, -1)
         state.message_count -= 1
         state.models[row.model] = state.models.get(row.model, 0) - 1
         if not state.models[row.model]:
@@ -459,7 +485,7 @@ def _chat_rows(
     head = {k: v for k, v in response.items() if k not in _RESPONSE_SKIP}
     seq = len(ev.messages)
     response_row = Existing(ev.day, True, ev.model, ms, planned=True)
-    for n, choice in enumerate(_choices(raw)):
+    for n, choice in enumerate(ev.choices):
         digest = ev.answers[n]
         mid = _hex(digest)
         found = taken.get((cid, mid))

@@ -94,9 +94,15 @@ class _Memo:
     def digest(self, prev: bytes, message: Mapping[str, Any]) -> bytes:
         get = message.get
         content = get("content")
-        if type(content) is not str or get("tool_calls"):
+        if type(content) is not str:
             return blake2b(prev + turn_key(message), digest_size=16).digest()
-        key = (prev, get("role"), content, get("name"), get("tool_call_id"))
+        role = get("role")
+        if role is not None and len(message) == 2:  # role and text, nothing else: most turns
+            key: tuple[Any, ...] = (prev, role, content)
+        elif get("tool_calls"):
+            return blake2b(prev + turn_key(message), digest_size=16).digest()
+        else:
+            key = (prev, role, content, get("name"), get("tool_call_id"))
         found = self.new.get(key)
         if found is None:
             found = self.old.get(key)

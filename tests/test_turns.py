@@ -22,6 +22,7 @@ messages = st.lists(
         st.fixed_dictionaries({"role": roles, "content": contents}),
         st.fixed_dictionaries({"role": roles, "content": contents, "name": st.text(max_size=5)}),
         st.fixed_dictionaries({"content": st.text(max_size=5), "name": st.text(max_size=5)}),
+        st.fixed_dictionaries({"content": st.text(max_size=5), "tool_call_id": st.text(max_size=5)}),
     ),
     max_size=6,
 )
