@@ -10,7 +10,12 @@ to it, on the same events and the same number of processes: the storage writer d
 directly (batches of 500, as the producer's flushes are), and the raw bulk-insert
 ceiling of the same rows (one connection, see ``bench/writer.py``). Each side runs
 ``--repeat`` times, alternating; figures are medians. Pipeline efficiency = end to end ÷
-writer alone (target ≥ 80 % with 2 workers on MariaDB and PostgreSQL).
+writer alone (target ≥ 80 % with 2 workers on MariaDB and PostgreSQL). Then, on Linux,
+a CPU account per event (medians): on the end-to-end side the producer (this process:
+serializing, recording, polling), Redis, the workers (with the wall time their jobs spent
+decoding and fetching) and the rest of the machine's busy time (the database, the
+system); on the writer-alone side the writers and the rest. Their difference is what
+the pipeline costs the 2 cores per event.
 
 **latency**: 2 workers; first one busy producer process (``--busy-rate`` events/s), then
 50 producer processes at 20 events/s each, for ``--seconds``. Reports the average events
@@ -61,6 +66,43 @@ from mes.embedded import find_redis_binary, free_port
 from mes.producer import Producer
 
 DB = "mes_bench_pipeline"
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+# -- CPU accounting (Linux /proc): where the 2 cores go, per event --------------------
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (all cores; idle and iowait excluded)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICK
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (all its threads); 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                out.append(int(entry))
+    return out
 
 
 class Redis:
@@ -105,14 +147,23 @@ class Workers:
         self.process.wait(60)
         self.log.close()
 
-    def batch_sizes(self) -> list[int]:
-        sizes = []
+    def batches(self) -> list[dict[str, Any]]:
+        """The workers' ``batch_written`` log lines so far."""
+        out = []
         with open(self.log_path, "rb") as f:
             for line in f:
                 if b'"batch_written"' in line:
-                    with contextlib.suppress(orjson.JSONDecodeError, KeyError, ValueError):
-                        sizes.append(int(orjson.loads(line)["events"]))
-        return sizes
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        out.append(orjson.loads(line))
+        return out
+
+    def batch_sizes(self) -> list[int]:
+        return [int(b["events"]) for b in self.batches() if "events" in b]
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the worker processes (the supervisor and its children)."""
+        pid = self.process.pid
+        return process_cpu_s(pid) + sum(process_cpu_s(c) for c in children_of(pid))
 
 
 def env_for(target: wbench.Target, redis_url: str, folder: str) -> dict[str, str]:
@@ -139,6 +190,7 @@ def _write_share(
     ready: Any,
     start: Any,
     batch: int,
+    spent: Any,
 ) -> None:
     from mes.storage import Storage
 
@@ -149,8 +201,10 @@ def _write_share(
     gc.freeze()  # as `mes worker` does after its start-up
     ready.wait()
     start.wait()
+    cpu = time.process_time()
     for i in range(0, len(events), batch):
         storage.writer.write(events[i : i + batch])
+    spent.put(time.process_time() - cpu)
     storage.close()
 
 
@@ -160,7 +214,9 @@ def writer_alone(
     events: list[dict[str, Any]],
     processes: int,
     batch: int = 500,
-) -> float:
+) -> tuple[float, dict[str, float]]:
+    """Seconds for the writer alone on ``processes`` processes, and CPU seconds spent:
+    ``writers`` (their own), ``machine`` (every core, the database's work included)."""
     storage = target.storage()
     storage.close()
 
@@ -169,20 +225,23 @@ def writer_alone(
         return [[e for c in chunks[p::processes] for e in c] for p in range(processes)]
 
     ctx = multiprocessing.get_context("fork")
-    ready, start = ctx.Barrier(processes + 1), ctx.Event()
+    ready, start, spent = ctx.Barrier(processes + 1), ctx.Event(), ctx.Queue()
     procs = [
-        ctx.Process(target=_write_share, args=(target.settings, w, s, ready, start, batch))
+        ctx.Process(target=_write_share, args=(target.settings, w, s, ready, start, batch, spent))
         for w, s in zip(shares_of(warm), shares_of(events), strict=True)
     ]
     for p in procs:
         p.start()
     ready.wait()  # every process warmed up
     time.sleep(0.5)
+    busy0 = busy_cpu_s()
     t0 = time.perf_counter()
     start.set()
+    writers = sum(spent.get() for _ in procs)
     for p in procs:
         p.join()
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    return elapsed, {"writers": writers, "machine": busy_cpu_s() - busy0}
 
 
 def end_to_end(
@@ -193,7 +252,10 @@ def end_to_end(
     processes: int,
     folder: str,
     batch: int,
-) -> tuple[float, float]:
+) -> tuple[float, dict[str, float]]:
+    """Seconds from the first record to the last committed event, and CPU seconds spent:
+    ``producer`` (this process: serializing and recording), ``redis``, ``workers``,
+    ``machine`` (every core), and inside the workers' jobs (wall) ``decode``, ``fetch``."""
     storage = target.storage()
     redis.flush()
     env = env_for(target, redis.url, folder)
@@ -216,18 +278,26 @@ def end_to_end(
     producer.flush(60)
     while ledger_count(storage) < len(warm):
         time.sleep(0.05)
+    warm_batches = len(workers.batches())
+    cpu0 = {"producer": process_cpu_s(os.getpid()), "redis": process_cpu_s(redis.process.pid),
+            "workers": workers.cpu_s(), "machine": busy_cpu_s()}  # fmt: skip
     t0 = time.perf_counter()
     for ev in events:
         producer.record_serialized(orjson.dumps(ev))
     producer.flush(60)
-    record_s = time.perf_counter() - t0
     while ledger_count(storage) < len(warm) + len(events):
         time.sleep(0.05)
     elapsed = time.perf_counter() - t0
+    cpu = {"producer": process_cpu_s(os.getpid()), "redis": process_cpu_s(redis.process.pid),
+           "workers": workers.cpu_s(), "machine": busy_cpu_s()}  # fmt: skip
+    spent = {k: cpu[k] - cpu0[k] for k in cpu}
     producer.close()
     workers.stop()
+    batches = workers.batches()[warm_batches:]
+    for name in ("decode", "fetch"):
+        spent[name] = sum(float(b.get(f"{name}_ms", 0)) for b in batches) / 1000
     storage.close()
-    return elapsed, record_s
+    return elapsed, spent
 
 
 def throughput(args: argparse.Namespace) -> bool:
@@ -236,6 +306,7 @@ def throughput(args: argparse.Namespace) -> bool:
     folder = tempfile.mkdtemp(prefix="mes-bench-pipeline-")
     redis = Redis(folder)
     ok = True
+    accounts: list[tuple[str, int, list[Any], list[Any], int]] = []
     print(f"{len(events)} events, {args.active} chat(s) under way at once; events/s (message rows/s)")
     print(
         f"{'backend':<11}{'procs':>6}{'end to end':>16}{'writer alone':>16}{'raw (1 conn)':>14}{'efficiency':>12}"
@@ -252,20 +323,52 @@ def throughput(args: argparse.Namespace) -> bool:
                 # alternated, medians: the two sides see the same share of the machine's noise
                 e2e_runs, alone_runs = [], []
                 for _ in range(args.repeat):
-                    e2e_runs.append(end_to_end(target, redis, warm, events, processes, folder, args.batch)[0])
+                    e2e_runs.append(end_to_end(target, redis, warm, events, processes, folder, args.batch))
                     alone_runs.append(writer_alone(target, warm, events, processes, args.batch))
-                e2e_s, alone_s = statistics.median(e2e_runs), statistics.median(alone_runs)
+                e2e_s = statistics.median(r[0] for r in e2e_runs)
+                alone_s = statistics.median(r[0] for r in alone_runs)
                 eff = alone_s / e2e_s
                 print(f"{backend:<11}{processes:>6}{len(events) / e2e_s:>8.0f} ({rows / e2e_s:>5.0f})"
                       f"{len(events) / alone_s:>8.0f} ({rows / alone_s:>5.0f}){rows / raw_s:>14.0f}{eff:>12.0%}")  # fmt: skip
+                accounts.append((backend, processes, e2e_runs, alone_runs, len(events)))
                 if processes == 2 and backend != "sqlite" and eff < 0.8:
                     ok = False
             target.reset()
     finally:
         redis.stop()
         shutil.rmtree(folder, ignore_errors=True)
+    print_accounts(accounts)
     print("target: efficiency >= 80% with 2 workers on MariaDB and PostgreSQL:", "met" if ok else "NOT met")
     return ok
+
+
+def print_accounts(accounts: list[tuple[str, int, list[Any], list[Any], int]]) -> None:
+    """Where the CPU went, in µs per event (medians over the runs): what the pipeline adds
+    to the writer's own work. ``machine`` is every core's busy time (the database, Redis and
+    the system included); ``decode`` and ``fetch`` are wall time inside the workers' jobs."""
+    if not accounts or busy_cpu_s() != busy_cpu_s():  # no /proc: nothing to show
+        return
+    print("CPU per event, µs (medians): end to end = producer + Redis + workers [decode, fetch] + database & rest;"
+          " writer alone = writers + database & rest")  # fmt: skip
+
+    def med(runs: list[Any], key: str, n: int) -> float:
+        return statistics.median(r[1][key] for r in runs) / n * 1e6
+
+    for backend, processes, e2e_runs, alone_runs, n in accounts:
+        producer, redis_, workers = (
+            med(e2e_runs, "producer", n),
+            med(e2e_runs, "redis", n),
+            med(e2e_runs, "workers", n),
+        )
+        machine, writers, alone = (
+            med(e2e_runs, "machine", n),
+            med(alone_runs, "writers", n),
+            med(alone_runs, "machine", n),
+        )
+        print(f"  {backend:<11}{processes} proc  end to end {machine:5.0f} = {producer:4.0f} + {redis_:3.0f} + "
+              f"{workers:4.0f} [{med(e2e_runs, 'decode', n):3.0f}, {med(e2e_runs, 'fetch', n):2.0f}] + "
+              f"{machine - producer - redis_ - workers:4.0f};  writer alone {alone:5.0f} = {writers:4.0f} + "
+              f"{alone - writers:4.0f};  extra {machine - alone:+4.0f} ({(machine - alone) / alone:+.0%})")  # fmt: skip
 
 
 def produce(url: str, spool: str, rate: float, seconds: float, out: str, tag: str, go: str) -> None:
