@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from sqlalchemy import Column, MetaData, Table, create_engine, insert, select, text
 from sqlalchemy.pool import NullPool
 
@@ -85,6 +86,11 @@ def make_events(n: int, seed: int = 7, *, active: int = 1) -> list[dict[str, Any
     loop does: consecutive batches share a chat at their boundary, and each batch holds
     few chats (the writer's fastest case). A gateway serving people interleaves many chats
     (each turn waits for the model's answer to the one before): ``active=200`` and up.
+
+    Each event is decoded from its own JSON, as a worker hands events to the writer: a
+    re-sent turn is a new object with new strings, as it is in production, never the
+    earlier event's own (whose strings would compare by identity, with their hashes
+    cached, and flatter the writer).
     """
     rng = random.Random(seed)
     ms = BASE_MS
@@ -116,7 +122,7 @@ def make_events(n: int, seed: int = 7, *, active: int = 1) -> list[dict[str, Any
             continue
         ms += rng.randint(1, 50)
         event["occurred_at"] = ms
-        events.append(event)
+        events.append(orjson.loads(orjson.dumps(event)))
     return events
 
 
