@@ -349,10 +349,13 @@ def print_accounts(accounts: list[tuple[str, int, list[Any], list[Any], int]]) -
     if not accounts or busy_cpu_s() != busy_cpu_s():  # no /proc: nothing to show
         return
     print("CPU per event, µs (medians): end to end = producer + Redis + workers [decode, fetch] + database & rest;"
-          " writer alone = writers + database & rest")  # fmt: skip
+          " writer alone = writers + database & rest; share of the cores' time busy (end to end / alone)")  # fmt: skip
 
     def med(runs: list[Any], key: str, n: int) -> float:
         return statistics.median(r[1][key] for r in runs) / n * 1e6
+
+    def busy(runs: list[Any]) -> float:  # share of the cores' time they were busy
+        return statistics.median(r[1]["machine"] / (r[0] * (os.cpu_count() or 1)) for r in runs)
 
     for backend, processes, e2e_runs, alone_runs, n in accounts:
         producer, redis_, workers = (
@@ -368,7 +371,8 @@ def print_accounts(accounts: list[tuple[str, int, list[Any], list[Any], int]]) -
         print(f"  {backend:<11}{processes} proc  end to end {machine:5.0f} = {producer:4.0f} + {redis_:3.0f} + "
               f"{workers:4.0f} [{med(e2e_runs, 'decode', n):3.0f}, {med(e2e_runs, 'fetch', n):2.0f}] + "
               f"{machine - producer - redis_ - workers:4.0f};  writer alone {alone:5.0f} = {writers:4.0f} + "
-              f"{alone - writers:4.0f};  extra {machine - alone:+4.0f} ({(machine - alone) / alone:+.0%})")  # fmt: skip
+              f"{alone - writers:4.0f};  extra {machine - alone:+4.0f} ({(machine - alone) / alone:+.0%});  "
+              f"cores busy {busy(e2e_runs):.0%} / {busy(alone_runs):.0%}")  # fmt: skip
 
 
 def produce(url: str, spool: str, rate: float, seconds: float, out: str, tag: str, go: str) -> None:
