@@ -92,7 +92,7 @@ class Bulk:
     ) -> None:
         """Insert ``rows``; on a key conflict set the other columns to the new values,
         or add the new values to the columns named in ``add``; ``keep`` leaves the old row."""
-        if not rows or self._upsert_staged(cur, table, columns, keys, rows, add, keep):
+        if not rows:
             return
         key = ("upsert", table.name, tuple(columns), tuple(keys), tuple(add), keep)
         sql = self._sql_cache.get(key)
@@ -103,19 +103,6 @@ class Bulk:
 
     def _run_upsert(self, cur: Any, sql: str, rows: list[Row]) -> None:
         cur.executemany(sql, rows)
-
-    def _upsert_staged(
-        self,
-        cur: Any,
-        table: Table,
-        columns: Sequence[str],
-        keys: Sequence[str],
-        rows: list[Row],
-        add: Sequence[str],
-        keep: bool,
-    ) -> bool:
-        """Where a backend has a faster path for wide upserts: True when it did the upsert."""
-        return False
 
     def _upsert_sql(
         self, table: str, columns: Sequence[str], keys: Sequence[str], add: Sequence[str], keep: bool
@@ -323,18 +310,20 @@ class PostgresBulk(Bulk):
 
         execute_values(cur, sql, rows, page_size=max(1, len(rows)))
 
-    def _upsert_staged(
+    def upsert(
         self,
         cur: Any,
         table: Table,
         columns: Sequence[str],
         keys: Sequence[str],
         rows: list[Row],
-        add: Sequence[str],
-        keep: bool,
-    ) -> bool:
+        *,
+        add: Sequence[str] = (),
+        keep: bool = False,
+    ) -> None:
         if keep or len(rows) < self.STAGE_MIN_ROWS:
-            return False
+            super().upsert(cur, table, columns, keys, rows, add=add, keep=keep)
+            return
         stage = "mes_stage_" + table.name
         ready, pending = self._stages.setdefault(cur.connection, (set(), set()))
         if stage not in ready and stage not in pending:
@@ -355,7 +344,6 @@ class PostgresBulk(Bulk):
             self._sql_cache[key] = sql
         self._copy(cur, stage, columns, rows)
         cur.execute(sql)
-        return True
 
     def after_transaction(self, dbapi_conn: Any, *, committed: bool) -> None:
         super().after_transaction(dbapi_conn, committed=committed)

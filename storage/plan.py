@@ -485,8 +485,7 @@ def _chat_rows(
     head = {k: v for k, v in response.items() if k not in _RESPONSE_SKIP}
     seq = len(ev.messages)
     response_row = Existing(ev.day, True, ev.model, ms, planned=True)
-    for n, choice in enumerate(ev.choices):
-        digest = ev.answers[n]
+    for n, (choice, digest) in enumerate(zip(ev.choices, ev.answers, strict=True)):
         mid = _hex(digest)
         found = taken.get((cid, mid))
         if found is not None:
