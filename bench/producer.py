@@ -212,6 +212,9 @@ def run_go_pattern(
     conn.close()
     table.drop(engine)
     engine.dispose()
+    with admin.connect() as conn:  # the bench's own database: created above, gone after
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{db.database}`"))
+    admin.dispose()
     return percentiles(lat), percentiles(per_message)
 
 
