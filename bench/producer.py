@@ -48,6 +48,7 @@ from mes.core.log import configure_logging
 from mes.core.settings import ProducerSettings
 from mes.embedded import find_redis_binary, free_port
 from mes.producer import Producer
+from mes.producer.producer import _envelope  # a bench may build the producer's own event
 
 WORDS = [
     "the",
@@ -94,12 +95,11 @@ def payloads(n: int, seed: int = 3) -> list[tuple[Any, ...]]:
 
 
 def event_of(call: tuple[Any, ...]) -> dict[str, Any]:
-    """The event ``save_chat_completion`` would serialize for a call's arguments (``payloads``)."""
+    """The event ``save_chat_completion`` serializes for a call's arguments (``payloads``)."""
     cid, messages, response, model, uid, tok, ch = call
-    return {"schema_version": 1, "kind": "chat", "event_id": uuid.uuid4().hex, "occurred_at": int(time.time() * 1000),
-            "conversation_id": cid, "model_name": model, "user_id": uid, "token_id": tok, "channel_id": ch,
-            "messages": messages, "ip": None, "is_stream": False, "request_id": None, "metadata": None,
-            "response": response}  # fmt: skip
+    event = _envelope("chat", None, None, cid, messages, model, uid, tok, ch, None, False, None, None)
+    event["response"] = response
+    return event
 
 
 def percentiles(ns: list[int]) -> dict[str, float]:
@@ -112,14 +112,19 @@ def percentiles(ns: list[int]) -> dict[str, float]:
             "mean": statistics.fmean(s) / 1000}  # fmt: skip
 
 
+def median_figures(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs; ``n`` (calls) summed."""
+    figures = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    figures["n"] = sum(r["n"] for r in runs)
+    return figures
+
+
 def median_run(runs: list[tuple[dict[str, float], Any]]) -> tuple[dict[str, float], Any]:
     """Each figure's median over the runs; the counters of all runs summed."""
-    figures = {k: statistics.median(r[k] for r, _ in runs) for k in runs[0][0]}
-    figures["n"] = sum(r["n"] for r, _ in runs)
     stats = runs[0][1]
-    for _, other in runs[1:] if stats is not None else ():
+    for _, other in runs[1:]:
         stats = type(stats)(**{f: getattr(stats, f) + getattr(other, f) for f in stats.__dataclass_fields__})
-    return figures, stats
+    return median_figures([r for r, _ in runs]), stats
 
 
 def paced(calls: int, rate: float, fn: Any, args: list[tuple[Any, ...]]) -> list[int]:
@@ -254,14 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         ups, downs, floors = [], [], []
         events = [(event_of(a),) for a in data]
         for n in range(args.repeat):  # alternate, so drift on a shared machine hits all alike
-            floors.append((percentiles(paced(args.calls, args.rate, orjson.dumps, events)), None))
+            floors.append(percentiles(paced(args.calls, args.rate, orjson.dumps, events)))
             ups.append(run_producer(f"redis://127.0.0.1:{port}/0", os.path.join(folder, f"up{n}"),
                                     args.calls, args.rate, data))  # fmt: skip
             downs.append(run_producer(f"redis://127.0.0.1:{free_port()}/0", os.path.join(folder, f"down{n}"),
                                       args.calls, args.rate, data))  # fmt: skip
         results["redis up"], up_stats = median_run(ups)
         results["redis down"], down_stats = median_run(downs)
-        results["serialize alone"], _ = median_run(floors)
+        results["serialize alone"] = median_figures(floors)
         go_call, go_msg = run_go_pattern(args.mysql, args.go_calls, args.rate, data)
         results["go pattern (call)"], results["go pattern (message)"] = go_call, go_msg
     finally:

@@ -457,10 +457,10 @@ def _chat_rows(
     created = ms // 1000
     token_id, channel_id = raw.get("token_id") or 0, raw.get("channel_id") or 0
     is_stream, ip, eid = bool(raw.get("is_stream")), raw.get("ip"), ev.event_id
-    start = owned_start(ev.messages) if state.event_count > 0 else 0
-    history_row = Existing(ev.day, False, ev.model, ms, planned=True)
-    rows: list[tuple[Any, ...]] = []
     messages, model = ev.messages, ev.model
+    start = owned_start(messages) if state.event_count > 0 else 0
+    history_row = Existing(ev.day, False, model, ms, planned=True)
+    rows: list[tuple[Any, ...]] = []
     for seq in range(start, len(messages)):
         mid = digests[seq].hex()
         key = (cid, mid)
@@ -483,8 +483,8 @@ def _chat_rows(
     usage = response.get("usage")
     tokens = _usage_tokens(usage)
     head = {k: v for k, v in response.items() if k not in _RESPONSE_SKIP}
-    seq = len(ev.messages)
-    response_row = Existing(ev.day, True, ev.model, ms, planned=True)
+    seq = len(messages)
+    response_row = Existing(ev.day, True, model, ms, planned=True)
     for n, (choice, digest) in enumerate(zip(ev.choices, ev.answers, strict=True)):
         mid = _hex(digest)
         found = taken.get((cid, mid))
@@ -510,7 +510,7 @@ def _chat_rows(
                     extra[key] = raw[key]
         first = n == 0
         rows.append((
-            uid, created, now_s, cid, mid, message.get("role") or "assistant", content, ev.model,
+            uid, created, now_s, cid, mid, message.get("role") or "assistant", content, model,
             token_id, channel_id, tokens[0] if first else 0, tokens[1] if first else 0,
             tokens[2] if first else 0, is_stream, choice.get("finish_reason"),
             _dumps(usage) if first and usage is not None else None, _dumps(extra) if extra else None,
