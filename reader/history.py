@@ -4,8 +4,8 @@ Nothing here scans the daily tables to list or count:
 
 * listing reads ``mes_conversations`` (index ``user_id, last_at_ms, conversation_id``);
 * stats read ``mes_daily_stats`` (a user's rows: days x models);
-* a conversation is read from the days it spans only (``mes_conversations.days``), newest
-  day first, stopping when ``limit`` messages are found;
+* a conversation is read from the days it spans only (``mes_conversations.days``), in
+  transcript order (``storage.transcript``), the last ``limit`` rows of each day;
 * a user's errors come from the days ``mes_daily_stats`` says had errors.
 
 So a year of daily tables reads as fast as a week.
@@ -24,13 +24,14 @@ from sqlalchemy import Table, and_, desc, func, or_, select
 from ..core.days import date_of_int, day_int
 from ..storage import Storage
 from ..storage.tables import STAT_COUNTERS
+from ..storage.transcript import decode_context
 from .messages import error_record, message_from_row
 
 __all__ = ["AmbiguousConversation", "BadCursor", "HistoryReader", "Page"]
 
 _MESSAGE_COLS = (
     "message_id", "role", "content", "other", "created_at", "created_at_ms", "seq", "id", "model_name",
-    "is_response", "finish_reason", "usage",
+    "is_response", "finish_reason", "usage", "event_id", "ordinal", "position", "context",
 )  # fmt: skip
 _ERROR_COLS = (
     "event_id", "conversation_id", "user_id", "model_name", "error_code", "error_message", "created_at",
@@ -235,14 +236,50 @@ class HistoryReader:
             q = (
                 select(*(c[name] for name in _MESSAGE_COLS))
                 .where(c.conversation_id == conversation_id, c.user_id == conv.user_id)
-                .order_by(desc(c.created_at_ms), desc(c.seq), desc(c.id))
-                .limit(limit - len(found))
+                .order_by(desc(c.position), desc(c.ordinal))
+                .limit(limit)
             )
+            # A message inserted before older ones (a system prompt added later) lives in a
+            # later day's table: every day of the conversation is read, ``limit`` rows each.
             found.extend(dict(r._mapping) for r in conn.execute(q))
-            if len(found) >= limit:
-                break
-        found.sort(key=lambda r: (r["created_at_ms"], r["seq"], r["id"]))
+        found.sort(key=lambda r: (r["position"], r["ordinal"]))
         return [message_from_row(r) for r in found[-limit:]] if limit > 0 else []
+
+    def get_request_context(
+        self, conversation_id: str, request_id: str, *, user_id: int | None = None
+    ) -> list[dict[str, Any]] | None:
+        """The exact messages one request sent, in its order, then its answer(s): ``request_id``
+        is the ``event_id`` of the request (on each answer of a conversation's messages).
+        None if the conversation is not (``user_id``'s) or holds no such request."""
+        with self.engine.connect() as conn:
+            conv = self._one(conversation_id, user_id, conn)
+            if conv is None:
+                return None
+            days = [int(d) for d in conv.days.split(",") if d]
+            tables = self._tables(days, "chat")
+            answers: list[dict[str, Any]] = []
+            for table in tables:
+                c = table.c
+                q = select(*(c[name] for name in _MESSAGE_COLS)).where(
+                    c.conversation_id == conversation_id, c.user_id == conv.user_id,
+                    c.event_id == request_id, c.is_response.is_(True),
+                )  # fmt: skip
+                answers.extend(dict(r._mapping) for r in conn.execute(q))
+            if not answers:
+                return None
+            answers.sort(key=lambda r: r["seq"])
+            wanted = decode_context(answers[0]["context"])
+            by_ordinal: dict[int, dict[str, Any]] = {}
+            for table in tables:
+                c = table.c
+                for i in range(0, len(wanted), 1000):
+                    q = select(*(c[name] for name in _MESSAGE_COLS)).where(
+                        c.conversation_id == conversation_id, c.user_id == conv.user_id,
+                        c.ordinal.in_(sorted(set(wanted[i : i + 1000]))),
+                    )  # fmt: skip
+                    by_ordinal.update((r.ordinal, dict(r._mapping)) for r in conn.execute(q))
+        rows = [by_ordinal[o] for o in wanted if o in by_ordinal]  # a day dropped by retention: gone
+        return [message_from_row(r) for r in [*rows, *answers]]
 
     def delete_user_conversation(self, user_id: int, conversation_id: str) -> bool:
         """Delete a conversation from the history and error tables of every day it spans,

@@ -55,6 +55,9 @@ def message_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
         message["usage"] = orjson.loads(usage) if usage else None
         if other.get("request_id"):
             message["request_id"] = other["request_id"]
+        # The request this answers: its exact context is read with this id
+        # (``HistoryReader.get_request_context``, ``GET ...?request=``).
+        message["event_id"] = row.get("event_id")
     return message
 
 

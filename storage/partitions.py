@@ -146,12 +146,13 @@ def _recount_one(
             c = table.c
             cols = [c.model_name, c.created_at_ms, c.event_id, c.role, c.content, c.seq]
             if kind == "chat":
-                cols += [c.prompt_tokens, c.completion_tokens, c.total_tokens]
+                cols += [c.prompt_tokens, c.completion_tokens, c.total_tokens, c.ordinal, c.position]
             for row in conn.execute(select(*cols).where(c.conversation_id == cid, c.user_id == uid)):
                 model, ms = row.model_name, row.created_at_ms
                 if conv is None:
                     conv = {"first": (ms, model), "last": (ms, model), "message_count": 0, "models": defaultdict(int),
-                            "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "days": set()}  # fmt: skip
+                            "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "days": set(),
+                        "last_ordinal": 0, "max_position": 0}  # fmt: skip
                 conv["first"] = min(conv["first"], (ms, model))
                 conv["last"] = max(conv["last"], (ms, model))
                 conv["days"].add(day_int(calendar.day_of(ms)))
@@ -162,7 +163,9 @@ def _recount_one(
                     conv["completion_tokens"] += row.completion_tokens
                     conv["total_tokens"] += row.total_tokens
                     chat_events.add(row.event_id)
-                    messages.append((ms, row.seq, row.role, row.content))
+                    conv["last_ordinal"] = max(conv["last_ordinal"], row.ordinal or 0)
+                    conv["max_position"] = max(conv["max_position"], row.position or 0)
+                    messages.append((row.position or 0, row.ordinal or 0, row.role, row.content))
                 else:
                     error_events.add(row.event_id)
     if conv is None:
@@ -219,6 +222,13 @@ def _fix_conversations(
             total_tokens=new["total_tokens"], models=orjson.dumps(dict(new["models"])).decode(),
             days=",".join(str(d) for d in sorted(new["days"])),
             created_at=old.created_at if old is not None else now, updated_at=now,
+            # Ordinals and positions are never reused; the tail stays valid for what is left
+            # (a request re-sending a dropped row does not store it again: retention dropped it).
+            last_ordinal=max(new["last_ordinal"], old.last_ordinal if old is not None else 0),
+            max_position=max(new["max_position"], old.max_position if old is not None else 0),
+            tail_digest=old.tail_digest if old is not None else "",
+            tail_len=old.tail_len if old is not None else 0,
+            tail_context=old.tail_context if old is not None else None,
         ))  # fmt: skip
 
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from hashlib import blake2b
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
 from ..core.days import DayCalendar, date_of_int, day_int
-from .turns import chain_ids, chain_seed, content_column, owned_start, turn_digest
+from .transcript import GAP, Entry, Transcript, align, decode_context, encode_context
+from .turns import content_column, message_digest, message_digests, sequence_digest
 
 __all__ = [
     "CHAT_COLUMNS",
@@ -27,11 +28,10 @@ __all__ = [
     "LEDGER_COLUMNS",
     "STATS_COLUMNS",
     "ConversationState",
-    "Existing",
+    "Loader",
     "Plan",
     "Prepared",
     "build_plan",
-    "lookup_targets",
     "prepare",
 ]
 
@@ -43,6 +43,7 @@ CHAT_COLUMNS = (
     "user_id", "created_at", "updated_at", "conversation_id", "message_id", "role", "content",
     "model_name", "token_id", "channel_id", "prompt_tokens", "completion_tokens", "total_tokens",
     "is_stream", "finish_reason", "usage", "other", "ip", "event_id", "seq", "created_at_ms", "is_response",
+    "ordinal", "position", "digest", "context",
 )  # fmt: skip
 ERROR_COLUMNS = (
     "user_id", "created_at", "conversation_id", "message_id", "role", "content", "model_name",
@@ -54,6 +55,7 @@ CONVERSATION_COLUMNS = (
     "conversation_id", "user_id", "title", "first_at_ms", "last_at_ms", "first_model", "last_model",
     "message_count", "event_count", "error_count", "prompt_tokens", "completion_tokens",
     "total_tokens", "models", "days", "created_at", "updated_at",
+    "last_ordinal", "max_position", "tail_digest", "tail_len", "tail_context",
 )  # fmt: skip
 STATS_COLUMNS = (
     "user_id", "day", "model_name", "messages", "conversations", "requests", "errors",
@@ -68,10 +70,6 @@ _MESSAGES, _CONVERSATIONS, _REQUESTS, _ERRORS, _PROMPT, _COMPLETION, _TOTAL = (
 
 _MESSAGE_CORE = ("role", "content")
 _RESPONSE_SKIP = ("choices", "usage")
-
-
-def _hex(digest: bytes) -> str:
-    return digest.hex()
 
 
 def _dumps(value: Any) -> str:
@@ -95,8 +93,8 @@ class Prepared:
     user_id: int
     model: str
     messages: Sequence[Mapping[str, Any]]
-    digests: list[bytes] | None = None  # chain id of each message, once computed
-    answers: list[bytes] = dataclasses.field(default_factory=list)  # ... and of each choice
+    digests: list[bytes] | None = None  # turn digest of each message, once computed
+    answers: list[bytes] = dataclasses.field(default_factory=list)  # ... and of each choice's answer
     choices: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # a chat's, with the answers
 
     @property
@@ -121,19 +119,6 @@ def prepare(raw: Mapping[str, Any], calendar: DayCalendar) -> Prepared:
     )
 
 
-class Existing(NamedTuple):
-    """A chat row that a candidate message id already names (found in a table or planned).
-
-    A named tuple: the plan makes two per chat event, and a frozen dataclass costs several
-    times as much to build."""
-
-    table_day: dt.date | None  # the table it is in (None: the plain table)
-    is_response: bool
-    model: str
-    created_at_ms: int
-    planned: bool = False
-
-
 @dataclasses.dataclass(slots=True)
 class ConversationState:
     """A row of ``mes_conversations`` as the writer reads and rewrites it."""
@@ -155,6 +140,13 @@ class ConversationState:
     days: list[int] = dataclasses.field(default_factory=list)
     created_at: int = 0
     updated_at: int = 0
+    last_ordinal: int = 0  # the highest ordinal given to a row (never reused)
+    max_position: int = 0  # the highest position given to a row: appends go after it
+    # The tail: the turns the latest request sent, then its answer (digest, count, their
+    # ordinals). A request that starts with them needs no look at the stored rows.
+    tail_digest: str = ""
+    tail_len: int = 0
+    tail_context: str = ""
 
     @property
     def is_empty(self) -> bool:
@@ -167,6 +159,10 @@ class ConversationState:
         values["models"] = orjson.loads(values["models"] or "{}")
         days = values["days"]
         values["days"] = [int(d) for d in days.split(",")] if days else []
+        for name in ("last_ordinal", "max_position", "tail_len"):
+            values[name] = int(values[name] or 0)
+        values["tail_digest"] = values["tail_digest"] or ""
+        values["tail_context"] = values["tail_context"] or ""
         return cls(**values)
 
     def to_row(self) -> tuple[Any, ...]:
@@ -175,6 +171,7 @@ class ConversationState:
             self.first_model, self.last_model, self.message_count, self.event_count, self.error_count,
             self.prompt_tokens, self.completion_tokens, self.total_tokens, _dumps(self.models),
             ",".join(map(str, sorted(self.days))), self.created_at, self.updated_at,
+            self.last_ordinal, self.max_position, self.tail_digest, self.tail_len, self.tail_context,
         )  # fmt: skip
 
 
@@ -222,49 +219,20 @@ def _choice_message(choice: Mapping[str, Any]) -> Mapping[str, Any]:
 def _with_digests(ev: Prepared) -> list[bytes]:
     if ev.digests is not None:
         return ev.digests
-    seed = chain_seed(ev.user_id, ev.conversation_id)
-    digests = ev.digests = chain_ids(seed, ev.messages)
+    digests = ev.digests = message_digests(ev.messages)
     if ev.kind == KIND_CHAT:
-        last = digests[-1] if digests else seed
         ev.choices = _choices(ev.raw)
-        ev.answers = [turn_digest(last, _answer(choice)) for choice in ev.choices]
+        ev.answers = [message_digest(_answer(choice)) for choice in ev.choices]
     return digests
 
 
-def lookup_targets(
-    events: Iterable[Prepared], states: Mapping[tuple[str, int], ConversationState]
-) -> dict[dt.date, tuple[set[str], set[str]]]:
-    """Which chat tables to ask for which (conversation ids, message ids) before planning.
+def _row_id(event_id: str, seq: int) -> str:
+    """The message id of the row an event stores for its message (or answer) ``seq``."""
+    return blake2b(f"{event_id}|{seq}".encode(), digest_size=16).hexdigest()
 
-    Candidates are the messages each chat event owns and its response ids; they are
-    looked up in the event's own day and the conversation's latest day (where a
-    regenerated question was first stored), and in every day of the conversation when
-    the request has no assistant message to anchor on. A conversation with no chat event
-    applied has no history rows anywhere (rows and index change in one transaction, and
-    deletion and retention recount the index), so it is not looked up: its events in this
-    batch meet each other in the plan, and a writer racing to create it fails a unique key.
-    """
-    targets: dict[dt.date, tuple[set[str], set[str]]] = {}
-    for ev in events:
-        if ev.kind != KIND_CHAT:
-            continue
-        state = states.get(ev.key)
-        if state is None or state.event_count == 0:
-            continue
-        digests = _with_digests(ev)
-        start = owned_start(ev.messages)
-        ids = [_hex(d) for d in digests[start:]]
-        ids.extend(_hex(d) for d in ev.answers)
-        days = {ev.day}
-        if state.days:
-            days.add(date_of_int(max(state.days)))
-            if start == 0:
-                days.update(date_of_int(d) for d in state.days)
-        for day in days:
-            cids, mids = targets.setdefault(day, (set(), set()))
-            cids.add(ev.conversation_id)
-            mids.update(ids)
-    return targets
+
+Loader = Callable[[ConversationState], list[Entry]]
+"""Reads a conversation's stored rows (the writer's, inside its transaction)."""
 
 
 def _answer(choice: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -332,34 +300,37 @@ class _Stats:
 def build_plan(
     events: Sequence[Prepared],
     states: dict[tuple[str, int], ConversationState],
-    existing: dict[tuple[str, str], Existing],
+    load: Loader,
     *,
     now_s: int,
     calendar: DayCalendar,
 ) -> Plan:
     """The rows and counter changes for ``events`` (already free of applied event ids).
 
-    ``states`` holds the locked conversation rows (missing keys are new conversations);
-    ``existing`` the (conversation_id, message_id) pairs already stored. Both are updated
-    in place as events of the same conversation are planned in time order.
+    ``states`` holds the locked conversation rows (missing keys are new conversations),
+    updated in place as events of the same conversation are planned in time order.
+    ``load`` reads a conversation's stored rows; it is called only for a request that
+    does not start with its conversation's tail (see ``storage.transcript``).
     """
     plan = Plan()
     stats = _Stats(plan)
-    taken = existing  # grows with the rows this plan adds
+    matcher = _Matcher(load)
     claim = _Claimer(plan, stats, calendar)
     touched: dict[tuple[str, int], ConversationState] = {}
     for ev in sorted(events, key=lambda e: (e.conversation_id, e.user_id, e.ms, e.event_id)):
         state = states.get(ev.key)
         if state is None:
             state = states[ev.key] = ConversationState(ev.conversation_id, ev.user_id, created_at=now_s)
+        if ev.key not in touched and state.event_count == 0:
+            matcher.fresh.add(ev.key)
         touched[ev.key] = state
         day = day_int(ev.day)
         if ev.kind == KIND_CHAT:
-            rows, tokens = _chat_rows(ev, state, taken, now_s, claim)
+            rows, tokens = _chat_rows(ev, state, matcher, now_s, claim)
             plan.chat_rows.setdefault(ev.day, []).extend(rows)
             stats.request(ev.user_id, day, ev.model, len(rows), tokens)
         else:
-            rows = _error_rows(ev, state)
+            rows = _error_rows(ev, state, matcher)
             tokens = (0, 0, 0)
             plan.error_rows.setdefault(ev.day, []).extend(rows)
             stats.add(ev.user_id, day, ev.model, _ERRORS, 1)
@@ -369,6 +340,68 @@ def build_plan(
         plan.applied += 1
     plan.conversations = [touched[k] for k in sorted(touched)]
     return plan
+
+
+class _Matcher:
+    """Which of a request's messages are re-sends, and where the new ones go.
+
+    The common case costs one hash of the request's first turns: a request that starts
+    with its conversation's tail (the latest request and its answer) re-sends exactly
+    those rows, and its other messages go at the end. Any other request (a system prompt
+    added, a compaction, a window, an edit, a regenerate) is aligned with the stored
+    transcript, read once per conversation and batch, and kept up to date with the rows
+    the batch adds.
+    """
+
+    __slots__ = ("fresh", "load", "planned", "transcripts")
+
+    def __init__(self, load: Loader) -> None:
+        self.load = load
+        self.fresh: set[tuple[str, int]] = set()  # no chat row stored before this batch
+        self.transcripts: dict[tuple[str, int], Transcript] = {}
+        self.planned: dict[tuple[str, int], list[Entry]] = {}  # rows of conversations not read
+
+    def resolve(
+        self, ev: Prepared, state: ConversationState, digests: list[bytes]
+    ) -> tuple[list[int | None], list[int], Entry | None]:
+        """The stored ordinal each message re-sends (None: new), the positions of the new
+        ones, and the stored row right after the request's last message when that one is
+        a re-send (the answer may be that row: see ``_Claimer``)."""
+        n = len(digests)
+        if state.event_count == 0:  # no chat row anywhere yet: everything is new
+            return [None] * n, _appended(state.max_position, n), None
+        size = state.tail_len
+        if size and n >= size and sequence_digest(digests[:size]).hex() == state.tail_digest:
+            ordinals: list[int | None] = list(decode_context(state.tail_context))
+            if len(ordinals) == size:
+                return ordinals + [None] * (n - size), _appended(state.max_position, n - size), None
+        transcript = self._transcript(ev.key, state)
+        matches = align(transcript.digests(), digests)
+        positions = transcript.place(matches, state.max_position)
+        entries = transcript.entries
+        ordinals = [None if m is None else entries[m].ordinal for m in matches]
+        last = matches[-1] if matches else None
+        follow = entries[last + 1] if last is not None and last + 1 < len(entries) else None
+        return ordinals, positions, follow
+
+    def _transcript(self, key: tuple[str, int], state: ConversationState) -> Transcript:
+        transcript = self.transcripts.get(key)
+        if transcript is None:
+            planned = self.planned.pop(key, [])
+            stored = [] if key in self.fresh else self.load(state)
+            transcript = self.transcripts[key] = Transcript([*stored, *planned])
+        return transcript
+
+    def record(self, key: tuple[str, int], entry: Entry) -> None:
+        transcript = self.transcripts.get(key)
+        if transcript is not None:
+            transcript.add(entry)
+        else:
+            self.planned.setdefault(key, []).append(entry)
+
+
+def _appended(end: int, count: int) -> list[int]:
+    return [end + GAP * (m + 1) for m in range(count)]
 
 
 def _advance(
@@ -424,9 +457,10 @@ class _Claimer:
 
     When MES first meets a conversation through a later request, that request's history
     holds earlier answers, stored as history rows. When the earlier request's own event
-    arrives (a retried batch, a replay), its answer is the same turn: it replaces the
-    history copy (same message id, now with its tokens and ``is_response``) instead of
-    adding the turn a second time. Counters move with the row.
+    arrives (a retried batch, a replay), its answer is the stored row right after its
+    last message: it replaces the history copy (same message id, ordinal and position,
+    now with its tokens and ``is_response``) instead of adding the turn a second time.
+    Counters move with the row.
     """
 
     __slots__ = ("calendar", "plan", "stats")
@@ -434,40 +468,46 @@ class _Claimer:
     def __init__(self, plan: Plan, stats: _Stats, calendar: DayCalendar) -> None:
         self.plan, self.stats, self.calendar = plan, stats, calendar
 
-    def __call__(self, ev: Prepared, state: ConversationState, mid: str, row: Existing) -> None:
-        self.plan.chat_deletes.setdefault(row.table_day, []).append((ev.conversation_id, mid))
+    def __call__(self, ev: Prepared, state: ConversationState, row: Entry) -> None:
+        self.plan.chat_deletes.setdefault(row.table_day, []).append((ev.conversation_id, row.message_id))
         day = day_int(self.calendar.day_of(row.created_at_ms))
         self.stats.add(ev.user_id, day, row.model, _MESSAGES, -1)
         state.message_count -= 1
         state.models[row.model] = state.models.get(row.model, 0) - 1
         if not state.models[row.model]:
             del state.models[row.model]
+        row.is_response = True
 
 
 def _chat_rows(
     ev: Prepared,
     state: ConversationState,
-    taken: dict[tuple[str, str], Existing],
+    matcher: _Matcher,
     now_s: int,
     claim: _Claimer,
 ) -> tuple[list[tuple[Any, ...]], tuple[int, int, int]]:
     raw = ev.raw
     digests = _with_digests(ev)
-    cid, uid, ms = ev.conversation_id, ev.user_id, ev.ms
+    cid, uid, ms, key = ev.conversation_id, ev.user_id, ev.ms, ev.key
     created = ms // 1000
     token_id, channel_id = raw.get("token_id") or 0, raw.get("channel_id") or 0
     is_stream, ip, eid = bool(raw.get("is_stream")), raw.get("ip"), ev.event_id
     messages, model = ev.messages, ev.model
-    start = owned_start(messages) if state.event_count > 0 else 0
-    history_row = Existing(ev.day, False, model, ms, planned=True)
+    ordinals, positions, follow = matcher.resolve(ev, state, digests)
+    new_positions = iter(positions)
+    context: list[int] = []
     rows: list[tuple[Any, ...]] = []
-    for seq in range(start, len(messages)):
-        mid = digests[seq].hex()
-        key = (cid, mid)
-        if key in taken:
+    for seq, message in enumerate(messages):
+        ordinal = ordinals[seq]
+        if ordinal is not None:  # a re-send of a stored row
+            context.append(ordinal)
             continue
-        taken[key] = history_row
-        message = messages[seq]
+        position = next(new_positions)
+        state.last_ordinal = ordinal = state.last_ordinal + 1
+        state.max_position = max(state.max_position, position)
+        context.append(ordinal)
+        mid = _row_id(eid, seq)
+        matcher.record(key, Entry(position, ordinal, digests[seq], False, mid, model, ms, ev.day, True))
         content = message.get("content")
         if len(message) == 2 and type(content) is str:  # role and text: nothing else to keep
             other = None
@@ -478,24 +518,25 @@ def _chat_rows(
         rows.append((
             uid, created, now_s, cid, mid, message.get("role") or "", content, model, token_id,
             channel_id, 0, 0, 0, is_stream, None, None, other, ip, eid, seq, ms, False,
+            ordinal, position, digests[seq].hex(), None,
         ))  # fmt: skip
+    context_text = encode_context(context)
     response = raw.get("response") or {}
     usage = response.get("usage")
     tokens = _usage_tokens(usage)
     head = {k: v for k, v in response.items() if k not in _RESPONSE_SKIP}
     seq = len(messages)
-    response_row = Existing(ev.day, True, model, ms, planned=True)
+    answered: list[int] = []
     for n, (choice, digest) in enumerate(zip(ev.choices, ev.answers, strict=True)):
-        mid = _hex(digest)
-        found = taken.get((cid, mid))
-        if found is not None:
-            if found.is_response or found.planned:
-                # The same answer at the same place (a regenerate that came out identical):
-                # still its own request, with its own tokens: give it an id of its own.
-                mid = _hex(blake2b(digest + eid.encode(), digest_size=16).digest())
-            else:
-                claim(ev, state, mid, found)
-        taken[(cid, mid)] = response_row
+        if n == 0 and follow is not None and follow.digest == digest and not follow.is_response and not follow.planned:
+            claim(ev, state, follow)
+            mid, ordinal, position = follow.message_id, follow.ordinal, follow.position
+        else:
+            mid = _row_id(eid, seq + n)
+            state.last_ordinal = ordinal = state.last_ordinal + 1
+            state.max_position = position = state.max_position + GAP
+            matcher.record(key, Entry(position, ordinal, digest, True, mid, model, ms, ev.day, True))
+        answered.append(ordinal)
         message = _choice_message(choice)
         content, is_json = content_column(message.get("content"))
         extra = _extras(message, is_json) or {}
@@ -505,48 +546,50 @@ def _chat_rows(
         if n == 0:
             if head:
                 extra["response"] = head
-            for key in ("request_id", "metadata"):
-                if raw.get(key) is not None:
-                    extra[key] = raw[key]
+            for name in ("request_id", "metadata"):
+                if raw.get(name) is not None:
+                    extra[name] = raw[name]
         first = n == 0
         rows.append((
             uid, created, now_s, cid, mid, message.get("role") or "assistant", content, model,
             token_id, channel_id, tokens[0] if first else 0, tokens[1] if first else 0,
             tokens[2] if first else 0, is_stream, choice.get("finish_reason"),
             _dumps(usage) if first and usage is not None else None, _dumps(extra) if extra else None,
-            ip, eid, seq, ms, True,
+            ip, eid, seq + n, ms, True, ordinal, position, digest.hex(), context_text,
         ))  # fmt: skip
+    if ms >= state.last_at_ms:  # the latest request so far: its turns and answer are the tail
+        state.tail_digest = sequence_digest([*digests, ev.answers[0]]).hex()
+        state.tail_len = len(digests) + 1
+        state.tail_context = encode_context([*context, answered[0]])
     return rows, tokens
 
 
-def _error_rows(ev: Prepared, state: ConversationState) -> list[tuple[Any, ...]]:
-    """The messages of a failed request that the conversation does not hold yet; at least one row."""
+def _error_rows(ev: Prepared, state: ConversationState, matcher: _Matcher) -> list[tuple[Any, ...]]:
+    """The messages of a failed request that the conversation does not hold; at least one row."""
     raw = ev.raw
     digests = _with_digests(ev)
     messages = ev.messages
-    start = owned_start(messages) if state.event_count > 0 else 0
-    if start >= len(messages):
-        start = max(0, len(messages) - 1)
-    picked = list(range(start, len(messages)))
-    eid = ev.event_id.encode()
+    ordinals, _, _ = matcher.resolve(ev, state, digests)
+    picked = [seq for seq, ordinal in enumerate(ordinals) if ordinal is None]
+    if not picked and messages:  # all re-sent: the last one says what the request was
+        picked = [len(messages) - 1]
+    eid = ev.event_id
     created = ev.ms // 1000
     code, text = raw.get("error_code") or 0, raw.get("error_message")
     base = (raw.get("token_id") or 0, raw.get("channel_id") or 0, code, text)
     meta = {k: raw[k] for k in ("request_id", "metadata") if raw.get(k) is not None}
     rows = []
     if not picked:  # a failed request with no messages still leaves its error on record
-        mid = _hex(blake2b(chain_seed(ev.user_id, ev.conversation_id) + eid, digest_size=16).digest())
-        return [(ev.user_id, created, ev.conversation_id, mid, "", None, ev.model, *base, 0, 0, 0,
-                 _dumps(meta) if meta else None, raw.get("ip"), ev.event_id, 0, ev.ms)]  # fmt: skip
+        return [(ev.user_id, created, ev.conversation_id, _row_id(eid, 0), "", None, ev.model, *base, 0, 0, 0,
+                 _dumps(meta) if meta else None, raw.get("ip"), eid, 0, ev.ms)]  # fmt: skip
     for n, seq in enumerate(picked):
         message = messages[seq]
-        mid = _hex(blake2b(digests[seq] + eid, digest_size=16).digest())
         content, is_json = content_column(message.get("content"))
         extra = _extras(message, is_json) or {}
         if n == 0 and meta:
             extra.update(meta)
         rows.append((
-            ev.user_id, created, ev.conversation_id, mid, message.get("role") or "", content, ev.model,
-            *base, 0, 0, 0, _dumps(extra) if extra else None, raw.get("ip"), ev.event_id, seq, ev.ms,
+            ev.user_id, created, ev.conversation_id, _row_id(eid, seq), message.get("role") or "", content,
+            ev.model, *base, 0, 0, 0, _dumps(extra) if extra else None, raw.get("ip"), eid, seq, ev.ms,
         ))  # fmt: skip
     return rows

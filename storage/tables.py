@@ -4,9 +4,10 @@ History tables keep the Go version's names and columns so an operator can point 
 the same names (MES writes to tables it created itself: the columns below are MES's own):
 
 * ``conversation_histories[_YYYY_MM_DD]``: one row per stored message. MES adds
-  ``event_id`` (the event that stored it), ``seq`` (its position in the request),
-  ``created_at_ms`` (the event's time in ms, for ordering within a second) and
-  ``is_response`` (the row that carries a request's answer and its tokens).
+  ``event_id`` (the event that stored it), ``seq`` (its place in that request),
+  ``created_at_ms`` (the event's time in ms), ``is_response`` (the row that carries a
+  request's answer and its tokens), and the transcript's ``ordinal``, ``position``,
+  ``digest`` and ``context`` (see ``storage.transcript``).
 * ``error_conversation_histories[_YYYY_MM_DD]``: the messages of a failed request, with
   the error on each row (as the seed does), plus the same three columns.
 * ``mes_event_ledger[_YYYY_MM_DD]``: one row per applied event id: exactly-once. It is
@@ -139,6 +140,14 @@ def chat_table(name: str, metadata: MetaData, ids: str | None = None) -> Table:
         # True on the row that carries a request's answer (and its tokens); False on a
         # message stored from a request's history.
         Column("is_response", Boolean, nullable=False, default=False),
+        # The transcript (see storage.transcript): the row's number in its conversation, its
+        # place in the conversation's order, its turn digest, and on an answer row the
+        # ordinals of the messages its request sent. Nullable only so that a migration can
+        # add them to a table of an older MES before it fills them.
+        Column("ordinal", Integer),
+        Column("position", BigInteger),
+        Column("digest", String(32)),
+        Column("context", LongText),
         # The one secondary index: it is the dedup key and the read path of a conversation.
         UniqueConstraint("conversation_id", "message_id", name=f"uq_{name}_msg"),
         **MYSQL_TABLE_ARGS,
@@ -207,6 +216,12 @@ def conversations_table(metadata: MetaData, ids: str | None = None) -> Table:
         Column("days", Text, nullable=False, default=""),  # "20260115,20260116": the tables it spans
         Column("created_at", BigInteger, nullable=False),
         Column("updated_at", BigInteger, nullable=False),
+        # The transcript's counters and tail (see storage.plan.ConversationState).
+        Column("last_ordinal", Integer, nullable=False, default=0, server_default="0"),
+        Column("max_position", BigInteger, nullable=False, default=0, server_default="0"),
+        Column("tail_digest", String(32), nullable=False, default="", server_default=""),
+        Column("tail_len", Integer, nullable=False, default=0, server_default="0"),
+        Column("tail_context", LongText),
         # Listing a user's conversations newest first, and seeking past a cursor.
         Index("ix_mes_conversations_user_last", "user_id", "last_at_ms", "conversation_id"),
         **MYSQL_TABLE_ARGS,

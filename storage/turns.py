@@ -1,22 +1,17 @@
-"""Turn identity: how the writer stores each message of a multi-turn chat once.
+"""Turn identity: how the writer recognises a re-sent message, whatever its place.
 
-Every request of a chat re-sends the earlier turns. The Go version stored them again
-each time, so a conversation read back showed its first question once per request.
-MES gives each message a *chain id*: a hash of the message and of every message before
-it in the same (user, conversation). The same turn re-sent at the same place in the
-same history gets the same id, so the unique key ``(conversation_id, message_id)`` of
-the history tables recognises it; an edited earlier message starts a new branch, whose
-ids all differ, and is stored as what it is: new.
+Every request of a chat re-sends the earlier turns, and histories change between
+requests: a system prompt added later, an agent's compacted summary, a sliding window
+that drops the oldest turns, an edited or regenerated turn. MES stores each message the
+gateway sent once: a message is a *re-send* when it matches, in order, the
+conversation's stored messages; every other message is new (see ``storage.transcript``).
 
-An event *owns* the messages after the last assistant message of its request (the new
-question, tool results) and its response; what comes before belongs to earlier events.
-The first event MES sees of a conversation owns its whole request, so history a client
-brought along (few-shot examples, a chat begun before MES was deployed) is kept.
-
-Only the parts of a message that define the turn enter the hash: role, content (text
-parts folded to a string), name, tool calls (id, name, arguments) and tool_call_id.
-Fields a client drops when it sends an answer back (``refusal: null``,
-``reasoning_content``, ``annotations``) do not break the match.
+Two messages match when their *turn digests* are equal: a hash of the parts of a message
+that define the turn: role, content (text parts folded to a string), name, tool calls
+(id, name, arguments) and tool_call_id. Fields a client drops when it sends an answer
+back (``refusal: null``, ``reasoning_content``, ``annotations``) do not break the match.
+A digest depends on the message alone, not on what comes before it, so a turn re-sent
+after an inserted system prompt or a compaction is still recognised.
 """
 
 from __future__ import annotations
@@ -27,14 +22,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["chain_ids", "chain_seed", "content_column", "owned_start", "turn_digest", "turn_key"]
+__all__ = ["content_column", "message_digest", "message_digests", "sequence_digest", "turn_key"]
 
 _SORT = orjson.OPT_SORT_KEYS
-
-
-def chain_seed(user_id: int, conversation_id: str) -> bytes:
-    """The hash state before the first message: chains never cross users or conversations."""
-    return blake2b(f"mes/1|{user_id}|{conversation_id}".encode(), digest_size=16).digest()
 
 
 def _fold_content(content: Any) -> Any:
@@ -71,43 +61,34 @@ def turn_key(message: Mapping[str, Any]) -> bytes:
 
 
 class _Memo:
-    """Chain digests already computed, for messages with a string content and no tool calls
-    (most of a chat's history).
+    """Digests already computed for plain turns (a role and a string, nothing else): most
+    of a chat's history, re-sent with every request.
 
-    Every request of a chat re-sends the turns before it, and a worker usually meets a
-    chat's next request in the same or the next batch: the digest of a re-sent turn (an
-    answer first seen as a response included) is found here by the previous digest and the
-    fields of the turn (a dict lookup: one pass over the text to hash it, one to compare
-    it) instead of serialising and hashing the text again. Equal keys give equal
-    ``turn_key``s, so a hit is exactly what the definition gives. Two generations bounded
-    by the text they hold: a few MB whatever the message sizes.
+    A hit is a dict lookup (one pass over the text to hash it, one to compare it) instead
+    of serialising and hashing the text again. Equal keys give equal ``turn_key``s, so a
+    hit is exactly what the definition gives. Two generations bounded by the text they
+    hold: a few MB whatever the message sizes.
     """
 
     __slots__ = ("chars", "limit", "new", "old")
 
     def __init__(self, limit: int = 4_000_000) -> None:
         self.limit = limit
-        self.new: dict[tuple[Any, ...], bytes] = {}
-        self.old: dict[tuple[Any, ...], bytes] = {}
+        self.new: dict[tuple[Any, str], bytes] = {}
+        self.old: dict[tuple[Any, str], bytes] = {}
         self.chars = 0
 
-    def digest(self, prev: bytes, message: Mapping[str, Any]) -> bytes:
-        get = message.get
-        content = get("content")
-        if type(content) is not str:
-            return blake2b(prev + turn_key(message), digest_size=16).digest()
-        role = get("role")
-        if role is not None and len(message) == 2:  # role and text, nothing else: most turns
-            key: tuple[Any, ...] = (prev, role, content)
-        elif get("tool_calls"):
-            return blake2b(prev + turn_key(message), digest_size=16).digest()
-        else:
-            key = (prev, role, content, get("name"), get("tool_call_id"))
+    def digest(self, message: Mapping[str, Any]) -> bytes:
+        content = message.get("content")
+        role = message.get("role")
+        if type(content) is not str or role is None or len(message) != 2:
+            return blake2b(turn_key(message), digest_size=16).digest()
+        key = (role, content)
         found = self.new.get(key)
         if found is None:
             found = self.old.get(key)
             if found is None:
-                found = blake2b(prev + turn_key(message), digest_size=16).digest()
+                found = blake2b(turn_key(message), digest_size=16).digest()
             self.chars += len(content)
             if self.chars > self.limit:  # a new generation; the one before it is dropped
                 self.old, self.new, self.chars = self.new, {}, len(content)
@@ -118,28 +99,22 @@ class _Memo:
 _MEMO = _Memo()
 
 
-def turn_digest(prev: bytes, message: Mapping[str, Any]) -> bytes:
-    """``H(prev || turn_key(message))``: the chain id of ``message`` after ``prev``."""
-    return _MEMO.digest(prev, message)
+def message_digest(message: Mapping[str, Any]) -> bytes:
+    """``H(turn_key(message))``: equal for two messages exactly when they are the same turn."""
+    return _MEMO.digest(message)
 
 
-def chain_ids(seed: bytes, messages: Sequence[Mapping[str, Any]]) -> list[bytes]:
-    """The chain digest of each message: ``h[i] = H(h[i-1] || turn_key(m[i]))``."""
-    out: list[bytes] = []
-    prev = seed
+def message_digests(messages: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """The digest of each message, in order."""
     digest = _MEMO.digest
-    for message in messages:
-        prev = digest(prev, message)
-        out.append(prev)
-    return out
+    return [digest(m) for m in messages]
 
 
-def owned_start(messages: Sequence[Mapping[str, Any]]) -> int:
-    """Index of the first message the event owns: the one after the last assistant message."""
-    for i in range(len(messages) - 1, -1, -1):
-        if messages[i].get("role") == "assistant":
-            return i + 1
-    return 0
+def sequence_digest(digests: Sequence[bytes]) -> bytes:
+    """One digest of a whole sequence of turns (the conversation's *tail*: what the latest
+    request sent and its answer): a request that starts with the same turns, in the same
+    order, starts with the same sequence digest."""
+    return blake2b(b"".join(digests), digest_size=16).digest()
 
 
 def content_column(content: Any) -> tuple[str | None, bool]:

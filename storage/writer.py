@@ -9,8 +9,8 @@ One transaction per batch:
    batches share a chat (an agent's rapid calls, a chat cut by a batch boundary, an
    active user) do not queue behind each other's whole transactions. Then lock the rows
    of the claimed conversations that exist, in key order;
-3. read which candidate message ids already exist (multi-turn dedup, see ``turns``);
-4. plan (pure), then insert: ledger rows first (a concurrent duplicate fails fast on the
+3. plan (pure, but for reading the stored rows of a conversation whose request does not
+   start with the conversation's tail: see ``plan._Matcher``), then insert: ledger rows first (a concurrent duplicate fails fast on the
    ledger's primary key), history rows with the backend's bulk path, dead letters;
 5. insert the new conversation rows, rewrite the others, add to the rollups; commit.
 
@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine
 
-from ..core.days import DayCalendar
+from ..core.days import DayCalendar, date_of_int
 from ..core.errors import DatabaseUnavailable, MESError
 from ..core.log import get_logger
 from .bulk import Bulk, ErrorKind, bulk_for
@@ -48,12 +48,11 @@ from .plan import (
     LEDGER_COLUMNS,
     STATS_COLUMNS,
     ConversationState,
-    Existing,
     Prepared,
     build_plan,
-    lookup_targets,
     prepare,
 )
+from .transcript import Entry
 
 __all__ = ["BatchDataError", "BatchWriter", "DeadLetter", "WriteResult"]
 
@@ -233,8 +232,9 @@ class BatchWriter:
                 keys = [k for k in keys if k not in busy]
             states = self._load_states(cur, keys)
             stored = set(states)
-            existing = self._existing(cur, lookup_targets(fresh, states))
-            plan = build_plan(fresh, states, existing, now_s=now_s, calendar=self.calendar)
+            plan = build_plan(
+                fresh, states, lambda state: self._stored_rows(cur, state), now_s=now_s, calendar=self.calendar
+            )
             for day, rows in plan.ledger_rows.items():
                 bulk.insert(cur, catalog.day_tables(day).ledger, LEDGER_COLUMNS, rows)
             for table_day, keys in plan.chat_deletes.items():
@@ -335,30 +335,31 @@ class BatchWriter:
                 states[key] = state
         return states
 
-    def _existing(
-        self, cur: Any, targets: Mapping[Any, tuple[set[str], set[str]]]
-    ) -> dict[tuple[str, str], Existing]:
-        found: dict[tuple[str, str], Existing] = {}
+    def _stored_rows(self, cur: Any, state: ConversationState) -> list[Entry]:
+        """A conversation's chat rows, from the tables of the days it spans."""
         q = self.bulk.q
         cols = ", ".join(
-            q(c) for c in ("conversation_id", "message_id", "is_response", "model_name", "created_at_ms")
+            q(c) for c in ("position", "ordinal", "digest", "is_response", "message_id", "model_name", "created_at_ms")
         )
-        for day, (cids, mids) in targets.items():
-            tables = self.catalog.day_tables(day)
-            if self.catalog.daily and not self.catalog.is_known(tables.chat.name):
-                continue  # a day dropped by retention holds nothing to collide with
-            cid_list, mid_list = sorted(cids), sorted(mids)
-            for i in range(0, len(mid_list), _CHUNK):
-                chunk = mid_list[i : i + _CHUNK]
-                sql = (
-                    f"SELECT {cols} FROM {q(tables.chat.name)} "
-                    f"WHERE {q('conversation_id')} IN {self.bulk.marks(len(cid_list))} "
-                    f"AND {q('message_id')} IN {self.bulk.marks(len(chunk))}"
-                )
-                cur.execute(sql, (*cid_list, *chunk))
-                for cid, mid, is_response, model, ms in cur.fetchall():
-                    found[(cid, mid)] = Existing(tables.day, bool(is_response), model, ms)
-        return found
+        tables = [self.catalog.day_tables(date_of_int(d)) for d in sorted(set(state.days))]
+        if not self.catalog.daily:
+            tables = [self.catalog.day_tables(None)]
+        entries: list[Entry] = []
+        for day_tables in tables:
+            name = day_tables.chat.name
+            if self.catalog.daily and not self.catalog.is_known(name):
+                continue  # a day dropped by retention
+            mark = self.bulk.param
+            cur.execute(
+                f"SELECT {cols} FROM {q(name)} WHERE {q('conversation_id')} = {mark} AND {q('user_id')} = {mark}",
+                (state.conversation_id, state.user_id),
+            )
+            for position, ordinal, digest, is_response, mid, model, ms in cur.fetchall():
+                entries.append(Entry(
+                    int(position), int(ordinal), bytes.fromhex(digest), bool(is_response), mid, model, int(ms),
+                    day_tables.day,
+                ))  # fmt: skip
+        return entries
 
 
 class _Retry(Exception):
