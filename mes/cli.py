@@ -274,6 +274,26 @@ def demo(user_id: int, timeout: float) -> None:
 
 @main.command()
 @handle_errors
+def migrate() -> None:
+    """Bring MES's tables, every daily table included, to this version's schema.
+
+    Every MES process does this at start-up under a lock; this command does it alone and
+    says what it did. Idempotent: run it as often as you like."""
+    from mes.core.log import configure_logging
+    from mes.storage import Storage
+    from mes.storage.migrate import CURRENT
+
+    settings = _settings()
+    configure_logging(debug=settings.debug)
+    storage = Storage.open(settings.database)
+    storage.close()
+    for line in storage.migrated:
+        click.echo(line)
+    click.echo(f"schema version {CURRENT}: " + ("migrated" if storage.migrated else "already current"))
+
+
+@main.command()
+@handle_errors
 def verify() -> None:
     """Recount every history table and compare with the conversation index and daily rollups.
 

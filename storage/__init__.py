@@ -15,6 +15,7 @@ from ..core.days import DayCalendar
 from ..core.settings import DatabaseSettings
 from .catalog import Catalog
 from .engine import bootstrap_database, create_engine_for
+from .migrate import migrate
 from .writer import BatchDataError, BatchWriter, DeadLetter, WriteResult
 
 __all__ = ["BatchDataError", "BatchWriter", "DeadLetter", "Storage", "WriteResult"]
@@ -29,10 +30,12 @@ class Storage:
         self.catalog = Catalog(self.engine, daily=settings.daily_partition)
         self.calendar = DayCalendar(settings.timezone, clock_ms)
         self.writer = BatchWriter(self.engine, self.catalog, self.calendar)
+        self.migrated: list[str] = []  # what ``open`` migrated (storage.migrate)
 
     @classmethod
     def open(cls, settings: DatabaseSettings, *, clock_ms: Callable[[], int] | None = None) -> Storage:
-        """Bootstrap the database and its tables, then return a ready ``Storage``.
+        """Bootstrap the database, migrate MES's tables of an older version
+        (``storage.migrate``), create the missing ones, then return a ready ``Storage``.
 
         Raises:
             ConfigError: the database is missing and cannot be created, or refuses the login.
@@ -41,6 +44,7 @@ class Storage:
         bootstrap_database(settings)
         storage = cls(settings, clock_ms=clock_ms)
         storage._refuse_foreign_tables()
+        storage.migrated = migrate(storage)
         storage.catalog.ensure_base()
         storage.create_ahead()
         return storage

@@ -40,7 +40,7 @@ def mes(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Com
 def test_help_explains_every_command():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for command in ("up", "demo", "worker", "serve", "init-db", "replay", "verify"):
+    for command in ("up", "demo", "worker", "serve", "init-db", "migrate", "replay", "verify"):
         assert command in result.output
         sub = CliRunner().invoke(cli, [command, "--help"])
         assert sub.exit_code == 0 and len(sub.output) > 80, command

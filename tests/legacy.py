@@ -1,0 +1,70 @@
+"""Run an older MES (a commit of this repository) in a subprocess, on a test's database.
+
+The migration tests need a database *written by* the older code, not a imitation of it:
+``git archive`` takes the older tree out of this clone's history and lays its folders out
+as the ``mes`` package, as ``pyproject.toml`` maps them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import subprocess
+import sys
+import tarfile
+from typing import Any
+
+# The last commit before transcripts (storage.migrate's step 2).
+BEFORE_TRANSCRIPTS = "c5a8329"
+_FOLDERS = ("core", "schemas", "storage", "producer", "worker", "reader", "api")
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def checkout(commit: str, into: pathlib.Path) -> pathlib.Path:
+    """The ``mes`` package of ``commit`` under ``into``; returns the folder to put on sys.path."""
+    archive = subprocess.run(
+        ["git", "-C", str(_ROOT), "archive", "--format=tar", commit, "mes", *_FOLDERS],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into / "tree", filter="data")
+    package = into / "site" / "mes"
+    package.parent.mkdir(parents=True)
+    (into / "tree" / "mes").rename(package)
+    for folder in _FOLDERS:
+        (into / "tree" / folder).rename(package / folder)
+    return into / "site"
+
+
+_SCRIPT = """
+import json, sys
+from mes.core.settings import DatabaseSettings
+from mes.storage import Storage
+from mes.reader import HistoryReader
+env, batches, reads = json.load(sys.stdin)
+storage = Storage.open(DatabaseSettings.from_env(env))
+for batch in batches:
+    storage.writer.write(batch)
+reader = HistoryReader(storage)
+out = {}
+for cid, uid in reads:
+    out[f"{cid}|{uid}"] = reader.get_conversation_messages(cid, limit=10000, user_id=uid)
+storage.close()
+print(json.dumps(out))
+"""
+
+
+def run_old(
+    site: pathlib.Path, env: dict[str, str], batches: list[list[dict[str, Any]]], reads: list[tuple[str, int]]
+) -> dict[str, Any]:
+    """Write ``batches`` with the older writer and read ``reads`` back with the older reader
+    (keyed ``"conversation_id|user_id"``)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        input=json.dumps([env, batches, reads]), capture_output=True, text=True, check=False,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, cwd=site,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
