@@ -242,7 +242,7 @@ class HistoryReader:
             # A message inserted before older ones (a system prompt added later) lives in a
             # later day's table: every day of the conversation is read, ``limit`` rows each.
             found.extend(dict(r._mapping) for r in conn.execute(q))
-        found.sort(key=lambda r: (r["position"], r["ordinal"]))
+        found.sort(key=lambda r: (r["position"] or 0, r["ordinal"] or 0))
         return [message_from_row(r) for r in found[-limit:]] if limit > 0 else []
 
     def get_request_context(

@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, bindparam, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateColumn
@@ -36,7 +35,7 @@ from sqlalchemy.schema import CreateColumn
 from ..core.log import get_logger
 from .tables import CHAT_BASE, MYSQL_TABLE_ARGS, chat_table, conversations_table, parse_day_suffix
 from .transcript import GAP
-from .turns import message_digest
+from .turns import message_digest, stored_message
 
 if TYPE_CHECKING:
     from . import Storage
@@ -188,7 +187,7 @@ def _number_rows(conn: Connection, table: Table, running: dict[tuple[str, int], 
     for i in range(0, len(rows), _CHUNK):
         chunk = [r.id for r in rows[i : i + _CHUNK]]
         for r in conn.execute(select(c.id, c.role, c.content, c.other).where(c.id.in_(chunk))):
-            digests[r.id] = message_digest(_message(r.role, r.content, r.other))
+            digests[r.id] = message_digest(stored_message(r.role, r.content, r.other))
     for r in rows:
         state = running.get((r.conversation_id, r.user_id))
         if state is None:
@@ -203,25 +202,10 @@ def _number_rows(conn: Connection, table: Table, running: dict[tuple[str, int], 
     stmt = (
         table.update()
         .where(c.id == bindparam("b_id"))
-        .values(ordinal=bindparam("b_ordinal"), position=bindparam("b_position"), digest=bindparam("b_digest"))
+        .values(
+            ordinal=bindparam("b_ordinal"), position=bindparam("b_position"), digest=bindparam("b_digest")
+        )
     )
     for i in range(0, len(values), _CHUNK):
         conn.execute(stmt, values[i : i + _CHUNK])
     return len(values)
-
-
-def _message(role: str, content: str | None, other: str | None) -> dict[str, Any]:
-    """A stored row as the message its turn digest is computed from (see ``storage.turns``)."""
-    extra: dict[str, Any] = {}
-    if other:
-        with contextlib.suppress(orjson.JSONDecodeError):
-            loaded = orjson.loads(other)
-            extra = loaded if isinstance(loaded, dict) else {}
-    message: dict[str, Any] = {"role": role, "content": content}
-    if content is not None and extra.get("content_json"):
-        with contextlib.suppress(orjson.JSONDecodeError):
-            message["content"] = orjson.loads(content)
-    for key in ("name", "tool_call_id", "tool_calls"):
-        if key in extra:
-            message[key] = extra[key]
-    return message

@@ -31,6 +31,8 @@ from ..core.errors import ConfigError
 from ..core.log import get_logger
 from .plan import _title
 from .tables import STAT_COUNTERS
+from .transcript import GAP
+from .turns import message_digest, stored_message
 
 if TYPE_CHECKING:
     from . import Storage
@@ -333,6 +335,23 @@ def _read_header(path: str) -> dict[str, Any]:
     return header
 
 
+def _number_legacy(conn: Any, storage: Storage, row: dict[str, Any], numbers: dict[tuple[str, int], list[int]]) -> None:
+    """Give a row archived before transcripts its ordinal, position and digest: after the
+    conversation's rows, in the order it was archived (by id, the order it was stored)."""
+    key = (row["conversation_id"], row["user_id"])
+    last = numbers.get(key)
+    if last is None:
+        c = storage.catalog.conversations.c
+        found = conn.execute(
+            select(c.last_ordinal, c.max_position).where(c.conversation_id == key[0], c.user_id == key[1])
+        ).first()
+        last = numbers[key] = [int(found[0]), int(found[1])] if found is not None else [0, 0]
+    last[0] += 1
+    last[1] += GAP
+    row["ordinal"], row["position"] = last[0], last[1]
+    row["digest"] = message_digest(stored_message(row["role"], row["content"], row["other"])).hex()
+
+
 def restore_archive(storage: Storage, path: str, *, progress: Progress | None = None) -> dict[str, int]:
     """Recreate the archived day's tables, fill them, and add them back to the index and
     rollups. Refuses if that day's tables already hold rows. Returns rows per kind."""
@@ -363,6 +382,8 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
     keys: set[tuple[str, int]] = set()
     batch: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
     calendar = storage.calendar
+    legacy = "ordinal" not in columns["chat"]  # archived before transcripts (storage.migrate)
+    numbers: dict[tuple[str, int], list[int]] = {}  # legacy rows: [last ordinal, last position]
     with storage.engine.begin() as conn:
 
         def flush(kind: str) -> None:
@@ -376,6 +397,8 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
                 item = orjson.loads(line)
                 kind = item["t"]
                 row = dict(zip(columns[kind], item["r"], strict=True))
+                if kind == "chat" and legacy:
+                    _number_legacy(conn, storage, row, numbers)
                 batch[kind].append(row)
                 counts[kind] += 1
                 if kind != "ledger":

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ..core.days import DayCalendar, date_of_int, day_int
+from ..core.days import DayCalendar, day_int
 from .transcript import GAP, Entry, Transcript, align, decode_context, encode_context
 from .turns import content_column, message_digest, message_digests, sequence_digest
 

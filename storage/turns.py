@@ -16,13 +16,21 @@ after an inserted system prompt or a compaction is still recognised.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from hashlib import blake2b
 from typing import Any
 
 import orjson
 
-__all__ = ["content_column", "message_digest", "message_digests", "sequence_digest", "turn_key"]
+__all__ = [
+    "content_column",
+    "message_digest",
+    "message_digests",
+    "sequence_digest",
+    "stored_message",
+    "turn_key",
+]
 
 _SORT = orjson.OPT_SORT_KEYS
 
@@ -127,3 +135,21 @@ def content_column(content: Any) -> tuple[str | None, bool]:
     if content is None or isinstance(content, str):
         return content, False
     return orjson.dumps(content).decode(), True
+
+
+def stored_message(role: str, content: str | None, other: str | None) -> dict[str, Any]:
+    """A stored row's columns as the message its turn digest is computed from: the inverse
+    of the writer's ``content``/``other`` split, for the parts ``turn_key`` reads."""
+    extra: dict[str, Any] = {}
+    if other:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            loaded = orjson.loads(other)
+            extra = loaded if isinstance(loaded, dict) else {}
+    message: dict[str, Any] = {"role": role, "content": content}
+    if content is not None and extra.get("content_json"):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            message["content"] = orjson.loads(content)
+    for key in ("name", "tool_call_id", "tool_calls"):
+        if key in extra:
+            message[key] = extra[key]
+    return message

@@ -42,12 +42,18 @@ import json, sys
 from mes.core.settings import DatabaseSettings
 from mes.storage import Storage
 from mes.reader import HistoryReader
-env, batches, reads = json.load(sys.stdin)
+env, batches, reads, archive = json.load(sys.stdin)
 storage = Storage.open(DatabaseSettings.from_env(env))
 for batch in batches:
     storage.writer.write(batch)
 reader = HistoryReader(storage)
 out = {}
+for cid, uid in reads:
+    out[f"{cid}|{uid}|before"] = reader.get_conversation_messages(cid, limit=10000, user_id=uid)
+if archive:
+    import datetime
+    from mes.storage.partitions import archive_day
+    archive_day(storage, datetime.date.fromisoformat(archive[0]), archive[1])
 for cid, uid in reads:
     out[f"{cid}|{uid}"] = reader.get_conversation_messages(cid, limit=10000, user_id=uid)
 storage.close()
@@ -56,13 +62,18 @@ print(json.dumps(out))
 
 
 def run_old(
-    site: pathlib.Path, env: dict[str, str], batches: list[list[dict[str, Any]]], reads: list[tuple[str, int]]
+    site: pathlib.Path,
+    env: dict[str, str],
+    batches: list[list[dict[str, Any]]],
+    reads: list[tuple[str, int]],
+    archive: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write ``batches`` with the older writer and read ``reads`` back with the older reader
-    (keyed ``"conversation_id|user_id"``)."""
+    (keyed ``"conversation_id|user_id"``); with ``archive`` (day, path), archive and drop
+    that day first (the reads before it are keyed ``"...|before"``)."""
     done = subprocess.run(
         [sys.executable, "-c", _SCRIPT],
-        input=json.dumps([env, batches, reads]), capture_output=True, text=True, check=False,
+        input=json.dumps([env, batches, reads, archive]), capture_output=True, text=True, check=False,
         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, cwd=site,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

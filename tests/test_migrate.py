@@ -43,12 +43,14 @@ def _plain(messages: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 def test_a_database_of_the_older_mes_is_migrated_and_reads_back_the_same(backend, tmp_path):
     """Every message the older MES stored reads back, same ids, same order; then the
     conversation goes on without storing a re-sent turn again, and counts stay exact."""
-    events, old_read = _old_database(backend, tmp_path)
+    _, old_read = _old_database(backend, tmp_path)
     storage = backend.storage(daily=True)
     assert len([n for n in storage.catalog.refresh() if n.startswith("conversation_histories_")]) >= 3
     reader = HistoryReader(storage)
     for cid, uid in (("long", 1), ("long", 2), ("tools", 1)):
-        assert _plain(reader.get_conversation_messages(cid, limit=10000, user_id=uid)) == _plain(old_read[f"{cid}|{uid}"])
+        assert _plain(reader.get_conversation_messages(cid, limit=10000, user_id=uid)) == _plain(
+            old_read[f"{cid}|{uid}"]
+        )
     assert_consistent(storage)
     history = [{"role": m["role"], "content": m["content"]} for m in old_read["long|1"]]
     nxt = chat("long", [*history, {"role": "user", "content": "one more"}], "sure", ms=BASE_MS + 3 * DAY)
@@ -61,7 +63,12 @@ def test_a_database_of_the_older_mes_is_migrated_and_reads_back_the_same(backend
     assert result.rows == 3  # the system prompt, the question and the answer
     after = reader.get_conversation_messages("long", limit=10000, user_id=1)
     assert [m["content"] for m in after] == [
-        "be kind", *(m["content"] for m in history), "one more", "sure", "and?", "done"
+        "be kind",
+        *(m["content"] for m in history),
+        "one more",
+        "sure",
+        "and?",
+        "done",
     ]
     context = reader.get_request_context("long", added["event_id"], user_id=1)
     assert [m["content"] for m in context] == [m["content"] for m in added["messages"]] + ["done"]
@@ -92,7 +99,9 @@ def test_migrating_twice_and_from_many_processes_at_once_changes_nothing(backend
     columns = {c["name"] for c in inspect(storage.engine).get_columns("mes_conversations")}
     assert {"last_ordinal", "tail_digest"} <= columns
     reader = HistoryReader(storage)
-    assert _plain(reader.get_conversation_messages("long", limit=10000, user_id=1)) == _plain(old_read["long|1"])
+    assert _plain(reader.get_conversation_messages("long", limit=10000, user_id=1)) == _plain(
+        old_read["long|1"]
+    )
     assert_consistent(storage)
     for s in opened:
         s.close()
@@ -111,3 +120,23 @@ def test_mes_migrate_says_what_it_did_then_that_nothing_is_left(backend, tmp_pat
     assert "schema version 2: migrated" in first.stdout
     again = mes(env, "migrate")
     assert again.returncode == 0 and "already current" in again.stdout, again.stderr
+
+
+def test_a_day_archived_by_the_older_mes_restores_into_the_migrated_database(backend, tmp_path):
+    """An archive written before transcripts has no ordinals: restored rows get them, after
+    the conversation's rows, and the whole conversation reads back with nothing lost."""
+    from mes.storage.partitions import restore_archive
+
+    site = legacy.checkout(legacy.BEFORE_TRANSCRIPTS, tmp_path / "old")
+    first = conversation("arch", 2, ms=BASE_MS)
+    later = conversation("arch", 4, ms=BASE_MS + DAY)[2:]
+    path = str(tmp_path / "day.jsonl.gz")
+    env = backend.env(MES_DAILY_PARTITION="true", TZ="UTC")
+    read = legacy.run_old(site, env, [first, later], [("arch", 1)], archive=("2026-01-15", path))
+    assert len(read["arch|1"]) < len(read["arch|1|before"])  # the archived day is gone
+    storage = backend.storage(daily=True)
+    restore_archive(storage, path)
+    messages = HistoryReader(storage).get_conversation_messages("arch", limit=1000, user_id=1)
+    assert sorted(m["id"] for m in messages) == sorted(m["id"] for m in read["arch|1|before"])
+    assert len({m["id"] for m in messages}) == len(messages)
+    assert_consistent(storage)

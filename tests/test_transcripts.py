@@ -61,10 +61,13 @@ SCENARIOS: dict[str, tuple[list[tuple[list[dict[str, Any]], str]], list[str]]] =
     ),
     "compaction": (_TWELVE, _TWELVE_READ),
     "sliding_window": (
-        [([u("hi")], "Hello!"), ([u("hi"), a("Hello!"), u("hi")], "Hello again!"),
-         ([u("hi"), a("Hello again!"), u("bye")], "Bye!")],
+        [
+            ([u("hi")], "Hello!"),
+            ([u("hi"), a("Hello!"), u("hi")], "Hello again!"),
+            ([u("hi"), a("Hello again!"), u("bye")], "Bye!"),
+        ],
         ["hi", "Hello!", "hi", "Hello again!", "bye", "Bye!"],
-    ),  # fmt: skip
+    ),
     "same_request_twice": ([([u("hi")], "Hello!"), ([u("hi")], "Hello!")], ["hi", "Hello!", "Hello!"]),
     "edited_turn": (
         [([u("q1")], "a1"), ([u("q1"), a("a1"), u("q2")], "a2"), ([u("q1"), a("a1"), u("q2'")], "a2'")],
@@ -75,7 +78,10 @@ SCENARIOS: dict[str, tuple[list[tuple[list[dict[str, Any]], str]], list[str]]] =
 
 def scenario_events(name: str, conversation_id: str = "conv") -> list[dict[str, Any]]:
     requests, _ = SCENARIOS[name]
-    return [chat(conversation_id, msgs, answer, ms=BASE_MS + n * 10_000) for n, (msgs, answer) in enumerate(requests)]
+    return [
+        chat(conversation_id, msgs, answer, ms=BASE_MS + n * 10_000)
+        for n, (msgs, answer) in enumerate(requests)
+    ]
 
 
 def decoded(event: dict[str, Any]) -> dict[str, Any]:
