@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, bindparam, inspect, select, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.schema import CreateColumn
+from sqlalchemy.schema import CreateColumn, CreateTable
 
 from ..core.log import get_logger
 from .tables import CHAT_BASE, MYSQL_TABLE_ARGS, chat_table, conversations_table, parse_day_suffix
@@ -64,7 +64,10 @@ def migrate(storage: Storage) -> list[str]:
     engine = storage.engine
     schema = _schema_table(MetaData())
     try:
-        schema.create(engine, checkfirst=True)
+        # IF NOT EXISTS, no look first: on SQLite a read that turns into a write in one
+        # transaction is refused at once ("database is locked") when another process writes.
+        with engine.execution_options(mes_write=True).begin() as conn:
+            conn.execute(CreateTable(schema, if_not_exists=True))
     except DBAPIError:  # another process made it at the same moment
         if not inspect(engine).has_table(schema.name):
             raise

@@ -216,11 +216,11 @@ def test_changing_histories_through_the_producer_and_the_read_api(pipeline, name
     pipeline.send(events)
     cid = events[0]["conversation_id"]
     path = "/api/v1/conversations/" + cid.replace("/", "%2F").replace(" ", "%20")
-    got = pipeline.client.get(path, params={"limit": 1000}, headers=pipeline.cast.a_token)
+    got = pipeline.client.get(path, params={"limit": 1000}, headers=pipeline.cast.a)
     assert got.status_code == 200, got.text
     assert [m["content"] for m in got.json()["messages"]] == SCENARIOS[name][1]
     for ev in events:
-        got = pipeline.client.get(path, params={"request": ev["event_id"]}, headers=pipeline.cast.a_token)
+        got = pipeline.client.get(path, params={"request": ev["event_id"]}, headers=pipeline.cast.a)
         assert got.status_code == 200, got.text
         sent = [*_plain(ev["messages"]), ("assistant", ev["response"]["choices"][0]["message"]["content"])]
         assert _plain(got.json()["messages"]) == sent
