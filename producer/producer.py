@@ -39,7 +39,7 @@ import orjson
 from ..core.log import get_logger
 from ..core.settings import ProducerSettings
 from ..schemas.ids import new_event_id
-from .batcher import Batcher, split
+from .batcher import Batcher
 from .spool import Spool
 
 __all__ = ["Producer", "ProducerStats"]
@@ -392,18 +392,14 @@ class Producer:
         with self._spill_lock:
             self._spool.rotate_overflow()
         s = self.settings
-
-        def push(items: list[bytes]) -> None:
-            # In batches within the usual bounds: a spool file can hold thousands of
-            # events, and one job of them would hold a worker and a transaction for long.
-            # If a later batch fails, the file is kept and sent again whole; the ledger
-            # drops what the earlier batches already delivered.
-            for batch in split(items, s.batch_max_events, s.batch_max_bytes):
-                transport.push(batch)
-
         for file in self._spool.ready_files()[:20]:
             try:
-                count = self._spool.resend(file, push)
+                # Streamed in batches within the usual bounds: a spool file can hold
+                # thousands of events, and one job of them would hold a worker and a
+                # transaction for long (and the whole file this process's memory).
+                count = self._spool.resend(
+                    file, transport.push, max_events=s.batch_max_events, max_bytes=s.batch_max_bytes
+                )
             except Exception as exc:  # Redis went away again: keep the file
                 self._redis_failed(exc)
                 return
