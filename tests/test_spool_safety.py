@@ -237,3 +237,10 @@ def test_an_over_long_line_is_cut_short_and_the_rest_of_the_file_still_goes(tmp_
     assert logged.events("spool_line_too_long") == [
         {"file": "batch-1-1-1.jsonl", "bytes": 10_001, "sent": 1001}
     ]
+
+
+def test_the_spools_line_limit_is_the_workers_event_limit():
+    """Copied, not imported (the worker's module brings pydantic into the gateway): kept equal here."""
+    from mes.schemas.decode import MAX_EVENT_BYTES
+
+    assert spool_module.MAX_LINE_BYTES == MAX_EVENT_BYTES
