@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import zoneinfo
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from .dsn import DatabaseConfig, parse_dsn
 from .errors import ConfigError
@@ -87,11 +88,50 @@ def data_dir(env: Env) -> str:
     return os.path.abspath(_get(env, "MES_DATA_DIR") or "mes-data")
 
 
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def _check_redis_url(url: str) -> None:
+    """Refuse here, in words that quote none of it, a URL redis-py would refuse later with
+    a piece of it: ``redis://:pa/ss@h`` ends its host at the password's ``/``, and
+    redis-py's "Port could not be cast to integer value as 'pa'" would print half of it."""
+    match = _SCHEME.match(url)
+    scheme = match.group(1).lower() if match else None  # safe to quote: the value starts with it
+    if scheme not in ("redis", "rediss", "unix"):
+        got = f"got scheme {scheme!r}" if scheme else "no scheme"
+        raise ConfigError(f"REDIS_CONN_STRING must be a redis://, rediss:// or unix:// URL ({got})")
+    if scheme == "unix":
+        return
+    parts = _split(url)
+    if parts is None:
+        raise ConfigError(
+            "REDIS_CONN_STRING: the host or port is malformed (percent-encode '/', '?', '#' and '@' "
+            "in a password)"
+        )
+    if "@" in parts.path + parts.query + parts.fragment:
+        raise ConfigError(
+            "REDIS_CONN_STRING: an '@' after the host (percent-encode '/', '?', '#' and '@' in a password)"
+        )
+
+
+def _split(url: str) -> SplitResult | None:
+    """``url`` split, or None where urllib refuses it. (Returned, not raised from the
+    ``except``: urllib's error, which quotes the port, would ride along as ``__context__``.)"""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- read for the ValueError a malformed port raises
+    except ValueError:
+        return None
+    return parts
+
+
 @dataclasses.dataclass(frozen=True)
 class QueueSettings:
     """Where the queue lives and what it is called."""
 
-    redis_url: str | None  # None: MES runs an embedded Redis (``mes up``) or none is configured
+    # None: MES runs an embedded Redis (``mes up``) or none is configured. Not in the repr:
+    # it may hold the password.
+    redis_url: str | None = dataclasses.field(repr=False)
     queue_name: str = "mes"
     # Seconds between retries of a failed batch job; after the last one it waits in RQ's
     # failed registry for ``mes replay``. Default: a minute of blips, then hours.
@@ -102,11 +142,7 @@ class QueueSettings:
     def from_env(cls, env: Env) -> QueueSettings:
         url = _get(env, "REDIS_CONN_STRING") or None
         if url is not None:
-            scheme = urlsplit(url).scheme
-            if scheme not in ("redis", "rediss", "unix"):
-                raise ConfigError(
-                    f"REDIS_CONN_STRING must be a redis://, rediss:// or unix:// URL (got scheme {scheme or 'none'!r})"
-                )
+            _check_redis_url(url)
         name = _get(env, "MES_QUEUE") or "mes"
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"MES_QUEUE={name!r} may hold only letters, digits, '-' and '_'")
@@ -222,7 +258,8 @@ class ApiSettings:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    api_key: str | None = None  # MES_API_KEY: an operator key, admin of every user's history
+    # MES_API_KEY: an operator key, admin of every user's history (a secret: not in the repr)
+    api_key: str | None = dataclasses.field(default=None, repr=False)
     auth_cache_seconds: int = 5  # a revoked token keeps working at most this long
     ingest_max_events: int = 1000
     ingest_max_bytes: int = 16 * 1024 * 1024

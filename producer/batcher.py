@@ -7,6 +7,11 @@ event waits in the gateway's memory, which is what a crash of the gateway would 
 
 ``drain`` hands out everything buffered, cut into batches that respect both size
 bounds, so a flusher that fell behind catches up in one pass.
+
+A forced flush (``flush()``, ``close()``) is an argument, ``ready(force=True)``, never a
+change of the bounds: a caller that set ``max_age`` to "now" and had to restore it would
+leave every later event due at once if it never got there (a flush that timed out did,
+and the gateway pushed each event alone from then on).
 """
 
 from __future__ import annotations
@@ -49,11 +54,12 @@ class Batcher:
         self._bytes += len(item)
         return len(self._items) >= self.max_events or self._bytes >= self.max_bytes
 
-    def ready(self) -> bool:
-        """A batch should be flushed now (full, or its oldest event is ``max_age`` old)."""
+    def ready(self, *, force: bool = False) -> bool:
+        """A batch should be flushed now: full, or its oldest event is ``max_age`` old, or
+        ``force`` (someone asked for a flush) and anything is buffered. Changes nothing."""
         if not self._items:
             return False
-        if len(self._items) >= self.max_events or self._bytes >= self.max_bytes:
+        if force or len(self._items) >= self.max_events or self._bytes >= self.max_bytes:
             return True
         return self._clock() - self._first_at >= self.max_age  # type: ignore[operator]
 

@@ -39,7 +39,7 @@ import orjson
 from ..core.log import get_logger
 from ..core.settings import ProducerSettings
 from ..schemas.ids import new_event_id
-from .batcher import Batcher, split
+from .batcher import Batcher
 from .spool import Spool
 
 __all__ = ["Producer", "ProducerStats"]
@@ -172,6 +172,7 @@ class Producer:
         self._closing = False
         self._closed = False
         self._flushing = 0  # batches taken from the buffer and not yet pushed or spooled
+        self._flush_waiters = 0  # callers inside flush(): while any waits, the buffer is due
         self._down_until = 0.0
         self._backoff = 0.5
         self._next_resend = 0.0
@@ -326,14 +327,19 @@ class Producer:
         thread.start()
 
     # -- flushing (background thread) --------------------------------------------------
+    def _due(self) -> bool:
+        """Called with the lock held: the buffer should go now. Forced while ``flush()``
+        waits or ``close()`` runs; the batcher's bounds are never touched for that."""
+        return self._batcher.ready(force=self._closing or self._flush_waiters > 0)
+
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._closing and not self._batcher.ready():
+                while not self._closing and not self._due():
                     self._wake.wait(self._batcher.seconds_until_due() or 1.0)
-                    if not self._batcher.ready():
+                    if not self._due():
                         break  # idle tick: go see whether the spool can be re-sent
-                batches = self._batcher.drain() if self._batcher.ready() or self._closing else []
+                batches = self._batcher.drain() if self._due() or self._closing else []
                 self._flushing += len(batches)
                 closing = self._closing
             for batch in batches:
@@ -386,18 +392,14 @@ class Producer:
         with self._spill_lock:
             self._spool.rotate_overflow()
         s = self.settings
-
-        def push(items: list[bytes]) -> None:
-            # In batches within the usual bounds: a spool file can hold thousands of
-            # events, and one job of them would hold a worker and a transaction for long.
-            # If a later batch fails, the file is kept and sent again whole; the ledger
-            # drops what the earlier batches already delivered.
-            for batch in split(items, s.batch_max_events, s.batch_max_bytes):
-                transport.push(batch)
-
         for file in self._spool.ready_files()[:20]:
             try:
-                count = self._spool.resend(file, push)
+                # Streamed in batches within the usual bounds: a spool file can hold
+                # thousands of events, and one job of them would hold a worker and a
+                # transaction for long (and the whole file this process's memory).
+                count = self._spool.resend(
+                    file, transport.push, max_events=s.batch_max_events, max_bytes=s.batch_max_bytes
+                )
             except Exception as exc:  # Redis went away again: keep the file
                 self._redis_failed(exc)
                 return
@@ -410,21 +412,24 @@ class Producer:
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Push everything buffered now and wait until it is in Redis or the spool.
 
-        Returns False if ``timeout`` passed first (what remains is still on its way).
+        Returns False if ``timeout`` passed first (what remains is still on its way, and
+        later events wait their usual ``MES_LINGER_MS`` again: the force ends with the call).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            if len(self._batcher):
-                if self._thread is None:
-                    self._start_thread()
-                self._batcher.max_age = 1e-9  # make it due now
-                self._wake.notify_all()
-            while len(self._batcher) or self._flushing:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._wake.wait(left)
-            self._batcher.max_age = self.settings.linger_ms / 1000
+            self._flush_waiters += 1  # the flusher's _due() is true while this call waits
+            try:
+                if len(self._batcher):
+                    if self._thread is None:
+                        self._start_thread()
+                    self._wake.notify_all()
+                while len(self._batcher) or self._flushing:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._wake.wait(left)
+            finally:
+                self._flush_waiters -= 1
         return True
 
     def resend_spool(self) -> None:
@@ -471,6 +476,7 @@ class Producer:
         self._batcher = self._new_batcher()
         self._thread = None
         self._flushing = 0
+        self._flush_waiters = 0
         if self._transport is not None:
             self._transport.after_fork()
         self._spool.forget_overflow_after_fork()
