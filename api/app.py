@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 import structlog
 from fastapi import FastAPI, Path, Query, Request
@@ -26,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import __version__
 from ..core.errors import MESError
@@ -224,7 +226,9 @@ def _install_metrics(app: FastAPI) -> None:
 
 # -- routes --------------------------------------------------------------------------------
 UserId = Annotated[int | None, Query(ge=0, le=MAX_USER_ID, description="admins: whose history")]
-ConversationId = Annotated[str, Path(max_length=191, description="the gateway's conversation id")]
+ConversationId = Annotated[
+    str, Path(max_length=191, description="the gateway's conversation id, percent-encoded (`/` as `%2F`)")
+]
 Since = Annotated[str | None, Query(description="from this time: unix seconds or ISO 8601")]
 Until = Annotated[str | None, Query(description="before this time: unix seconds or ISO 8601")]
 Model = Annotated[str | None, Query(max_length=191, description="only conversations that used this model")]
@@ -274,10 +278,58 @@ class _RenderedRoute(APIRoute):
         super().__init__(path, _rendered(endpoint), **kwargs)
 
 
+_CONVERSATIONS = "/api/v1/conversations/"
+_SUFFIXES = ("/errors",)  # what follows an id in a route: never the end of an id sent raw
+
+
+class _ConversationRoute(_RenderedRoute):
+    """A route ``/api/v1/conversations/{conversation_id:path}[/errors]``, matched on the
+    path as the client sent it (``raw_path``), so that an id may hold any character.
+
+    Servers decode ``%2F`` to ``/`` before routing (Starlette's test client even decodes
+    twice), so on the decoded path ``x%2Ferrors`` would read as the errors of ``x``. On
+    the raw path the rule is: the id is everything after ``/api/v1/conversations/``,
+    percent-decoded, except that a raw path ending in a literal ``/errors`` is the errors
+    route of the id before it (GET; other methods get 405). An id that itself ends in
+    ``/errors`` sends that slash encoded, as any client that encodes the id as one path
+    segment does; an unencoded ``/`` elsewhere is part of the id. (A ``.`` or ``..``
+    segment sent raw is rewritten by the client's own URL library: encode dots as
+    ``%2E`` there.) Without a usable ``raw_path``, the same rule runs on the decoded path.
+    Invalid UTF-8 in the escapes decodes to lone surrogates, which ``check_text``
+    refuses with a 400 rather than reading another id (U+FFFD) into them."""
+
+    def matches(self, scope: Any) -> tuple[Match, Any]:
+        raw = _raw_path(scope)
+        if raw is None:
+            return self._checked(*super().matches(scope), decode=False)
+        return self._checked(*super().matches({**scope, "path": raw}), decode=True)
+
+    def _checked(self, match: Match, child: Any, *, decode: bool) -> tuple[Match, Any]:
+        if match is Match.NONE:
+            return match, child
+        sent = child["path_params"]["conversation_id"]
+        if not sent or (self.path.endswith("}") and sent.endswith(_SUFFIXES)):
+            return Match.NONE, {}  # no id (redirect_slashes may help), or another route's path
+        if decode:
+            child["path_params"]["conversation_id"] = unquote(sent, errors="surrogateescape")
+        return match, child
+
+
+def _raw_path(scope: Any) -> str | None:
+    """The request's path as sent (still percent-encoded), when it is under the
+    conversations' prefix (a middleware that rewrote ``path`` leaves ``raw_path`` elsewhere)."""
+    raw = scope.get("raw_path")
+    if raw is None:
+        return None
+    text: str = raw.decode("latin-1")
+    return text if text.startswith(scope.get("root_path", "") + _CONVERSATIONS) else None
+
+
 def _routes() -> Any:
     from fastapi import APIRouter
 
     router = APIRouter(route_class=_RenderedRoute)
+    ids = APIRouter(route_class=_ConversationRoute)  # the routes with an id in the path
 
     @router.get("/api/v1/conversations", tags=["history"])
     def list_conversations(
@@ -320,7 +372,28 @@ def _routes() -> Any:
             "user_id": uid,
         }
 
-    @router.get("/api/v1/conversations/{conversation_id}", tags=["history"])
+    # Declared before the others: a path ending in "/errors" is this route's (see _ConversationRoute).
+    @ids.get("/api/v1/conversations/{conversation_id:path}/errors", tags=["errors"])
+    def conversation_errors(
+        request: Request,
+        caller: Caller,
+        conversation_id: ConversationId,
+        limit: Annotated[int, Query(ge=1, le=MAX_MESSAGES)] = 100,
+        user_id: UserId = None,
+    ) -> dict[str, Any]:
+        """The conversation's failed requests, newest first."""
+        svc = _svc(request)
+        owner = _owner_of(svc, caller, conversation_id, user_id)
+        errors = (
+            svc.reader.get_conversation_errors(conversation_id, user_id=owner, limit=limit)
+            if owner is not None
+            else None
+        )
+        if errors is None:
+            raise _not_found()
+        return {"object": "list", "conversation_id": conversation_id, "errors": errors}
+
+    @ids.get("/api/v1/conversations/{conversation_id:path}", tags=["history"])
     def get_conversation(
         request: Request,
         caller: Caller,
@@ -340,7 +413,7 @@ def _routes() -> Any:
         return {"object": "conversation", "conversation_id": conversation_id, "conversation": meta,
                 "messages": messages}  # fmt: skip
 
-    @router.delete("/api/v1/conversations/{conversation_id}", tags=["history"])
+    @ids.delete("/api/v1/conversations/{conversation_id:path}", tags=["history"])
     def delete_conversation(
         request: Request, caller: Caller, conversation_id: ConversationId, user_id: UserId = None
     ) -> dict[str, Any]:
@@ -352,26 +425,6 @@ def _routes() -> Any:
             raise _not_found()
         log.info("conversation_deleted", conversation_id=conversation_id, user_id=owner, by=caller.user_id)
         return {"message": "conversation deleted", "conversation_id": conversation_id, "deleted": True}
-
-    @router.get("/api/v1/conversations/{conversation_id}/errors", tags=["errors"])
-    def conversation_errors(
-        request: Request,
-        caller: Caller,
-        conversation_id: ConversationId,
-        limit: Annotated[int, Query(ge=1, le=MAX_MESSAGES)] = 100,
-        user_id: UserId = None,
-    ) -> dict[str, Any]:
-        """The conversation's failed requests, newest first."""
-        svc = _svc(request)
-        owner = _owner_of(svc, caller, conversation_id, user_id)
-        errors = (
-            svc.reader.get_conversation_errors(conversation_id, user_id=owner, limit=limit)
-            if owner is not None
-            else None
-        )
-        if errors is None:
-            raise _not_found()
-        return {"object": "list", "conversation_id": conversation_id, "errors": errors}
 
     @router.get("/api/v1/errors", tags=["errors"])
     def list_errors(
@@ -452,4 +505,5 @@ def _routes() -> Any:
         """Prometheus metrics."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    router.include_router(ids)
     return router

@@ -1,0 +1,122 @@
+"""The HTTP API against hostile or unusual input (issue 16): ids with any character,
+times out of range, made-up methods and paths, a database that is down, a large ingest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mes.api import Services, create_app
+from mes.api.auth import Authenticator
+from mes.core.settings import Settings
+from mes.reader import HistoryReader
+
+from . import newapi
+from .factories import BASE_MS, conversation, error
+
+# Ids the contract allows (1-191 characters of anything) that a path can mangle.
+ODD_IDS = [
+    "../../etc",  # the report's: slashes and dot segments
+    "..",
+    "a/b",
+    "x",
+    "x/errors",  # ends like the errors route
+    "trailing/",
+    "/leading",
+    "100% sure %2F",  # a percent sign, and the text of an escape
+    "what? #1 & more",  # query and fragment delimiters, spaces
+    "a+b=c;d,e",
+    "会话/😀 ünïcode",
+    "z" * 191,
+]
+
+
+def enc(conversation_id: str) -> str:
+    """The id as one path segment, every reserved character escaped (dots too)."""
+    return quote(conversation_id, safe="").replace(".", "%2E")
+
+
+class Client:
+    def __init__(self, client: TestClient, cast: newapi.Cast, storage: Any) -> None:
+        self.http, self.cast, self.storage = client, cast, storage
+
+    def call(self, who: str, method: str, path: str, **kw: Any) -> Any:
+        return self.http.request(method, path, headers=getattr(self.cast, who), **kw)
+
+
+def _client(
+    storage: Any, settings: Settings, reader: HistoryReader | None = None, **services: Any
+) -> TestClient:
+    auth = Authenticator(storage.engine, api_key=newapi.OPERATOR_KEY, cache_seconds=0)
+    svc = Services(reader or HistoryReader(storage), auth, settings, **services)
+    return TestClient(create_app(services=svc), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def odd(backend) -> Iterator[Client]:
+    """User 1 has a conversation (and a failed request) under each of ``ODD_IDS``."""
+    storage = backend.storage()
+    cast = newapi.install(storage.engine)
+    events = []
+    for n, cid in enumerate(ODD_IDS):
+        events += conversation(cid, 2, user_id=1, ms=BASE_MS + n * 60_000)
+        events.append(
+            error(cid, [{"role": "user", "content": f"failed {n}"}], user_id=1, ms=BASE_MS + n * 60_000 + 1)
+        )
+    storage.writer.write(events)
+    with _client(storage, Settings.from_env(backend.env())) as client:
+        yield Client(client, cast, storage)
+
+
+# -- ids ----------------------------------------------------------------------------------
+def test_every_route_serves_ids_with_any_character(odd):
+    """Percent-encoded ids reach GET, errors and DELETE, on real rows of every backend."""
+    listed = odd.call("a", "GET", "/api/v1/conversations", params={"limit": 100}).json()["conversations"]
+    assert sorted(c["id"] for c in listed) == sorted(ODD_IDS)
+    for cid in ODD_IDS:
+        path = f"/api/v1/conversations/{enc(cid)}"
+        got = odd.call("a", "GET", path)
+        assert got.status_code == 200, (cid, got.status_code, got.text)
+        assert got.json()["conversation_id"] == cid and len(got.json()["messages"]) == 5
+        errors = odd.call("a", "GET", path + "/errors")
+        assert errors.status_code == 200, (cid, errors.text)
+        assert errors.json()["conversation_id"] == cid and len(errors.json()["errors"]) == 1
+        assert odd.call("b", "GET", path).status_code == 404  # someone else's: as if none
+        assert odd.call("b", "DELETE", path).status_code == 404
+    for cid in ODD_IDS:
+        path = f"/api/v1/conversations/{enc(cid)}"
+        deleted = odd.call("a", "DELETE", path)
+        assert deleted.status_code == 200 and deleted.json()["conversation_id"] == cid, (cid, deleted.text)
+        assert odd.call("a", "GET", path).status_code == 404
+    assert odd.call("a", "GET", "/api/v1/conversations").json()["conversations"] == []
+
+
+def test_an_unencoded_slash_is_part_of_the_id_and_a_literal_errors_suffix_is_the_errors_route(odd):
+    """The rule ``_ConversationRoute`` documents: ``x/errors`` is x's errors, ``x%2Ferrors`` an id."""
+    assert odd.call("a", "GET", "/api/v1/conversations/a/b").json()["conversation_id"] == "a/b"
+    assert odd.call("a", "GET", "/api/v1/conversations/a/b/errors").json()["conversation_id"] == "a/b"
+    errors_of_x = odd.call("a", "GET", "/api/v1/conversations/x/errors").json()
+    assert errors_of_x["object"] == "list" and errors_of_x["conversation_id"] == "x"
+    conv = odd.call("a", "GET", "/api/v1/conversations/x%2Ferrors").json()
+    assert conv["object"] == "conversation" and conv["conversation_id"] == "x/errors"
+    assert (
+        odd.call("a", "GET", "/api/v1/conversations/x%2Ferrors/errors").json()["conversation_id"]
+        == "x/errors"
+    )
+    assert odd.call("a", "DELETE", "/api/v1/conversations/x/errors").status_code == 405  # the errors route's
+    assert odd.call("a", "GET", "/api/v1/conversations/x").status_code == 200  # not deleted by that
+
+
+def test_ids_the_contract_refuses_get_a_400(odd):
+    for path in (
+        "/api/v1/conversations/" + "z" * 192,
+        "/api/v1/conversations/a%00b",
+        "/api/v1/conversations/%FF%FE",
+    ):
+        for method, suffix in (("GET", ""), ("DELETE", ""), ("GET", "/errors")):
+            r = odd.call("a", method, path + suffix)
+            assert r.status_code == 400 and r.json()["error"]["message"], (method, path, r.text)
