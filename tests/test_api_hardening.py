@@ -3,12 +3,15 @@ times out of range, made-up methods and paths, a database that is down, a large 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from mes.api import Services, create_app
 from mes.api.auth import Authenticator
@@ -120,3 +123,72 @@ def test_ids_the_contract_refuses_get_a_400(odd):
         for method, suffix in (("GET", ""), ("DELETE", ""), ("GET", "/errors")):
             r = odd.call("a", method, path + suffix)
             assert r.status_code == 400 and r.json()["error"]["message"], (method, path, r.text)
+
+
+# -- times --------------------------------------------------------------------------------
+TIME_ROUTES = ("/api/v1/conversations", "/api/v1/errors")
+OUT_OF_RANGE = [
+    "0001-01-01T00:00:00+01:00",  # valid ISO, but year 0 in UTC
+    "9999-12-31T23:59:59-14:00",  # year 10000 in UTC
+    "9999-12-31T23:59:59Z",  # the next day's midnight in TZ is no date
+    "0001-01-01T00:00:00Z",
+    "1969-12-31T23:59:59Z",
+    "253402300799",
+    "-1",
+]
+
+
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+def test_times_out_of_range_get_a_400_on_every_route(odd, value):
+    for route in TIME_ROUTES:
+        for name in ("since", "until"):
+            r = odd.call("a", "GET", route, params={name: value})
+            assert r.status_code == 400, (route, name, value, r.status_code, r.text)
+            assert "out of range" in r.json()["error"]["message"]
+
+
+def test_the_ends_of_the_time_range_are_served(odd):
+    for route in TIME_ROUTES:
+        r = odd.call(
+            "a", "GET", route, params={"since": "1970-01-01T00:00:00Z", "until": "9998-12-31T23:59:59Z"}
+        )
+        assert r.status_code == 200, (route, r.text)
+    for since, until in (("0001-01-01", "9999-12-31"), ("9999-12-31", None)):
+        assert (
+            odd.call(
+                "a", "GET", "/api/v1/stats/conversations", params={"since": since, "until": until}
+            ).status_code
+            == 200
+        )
+
+
+_moments = st.builds(
+    lambda d, minutes: (
+        d.isoformat()
+        + ("Z" if minutes is None else f"{'+-'[minutes < 0]}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}")
+    ),
+    st.datetimes(),
+    st.one_of(st.none(), st.integers(-(24 * 60 - 1), 24 * 60 - 1)),
+)
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Pacific/Kiritimati", "Etc/GMT+12"])
+def test_no_time_or_day_gives_a_server_error(backend, tz):
+    """Any ISO date-time with any offset, or day, in any parameter: 200 or 400, in any TZ."""
+    storage = backend.storage(tz=tz)
+    cast = newapi.install(storage.engine)
+    storage.writer.write(conversation("t", 1, user_id=1) + [error("t", [{"role": "user", "content": "x"}])])
+
+    @settings(max_examples=40, deadline=None)
+    @given(moment=_moments, day=st.dates(), which=st.sampled_from(["since", "until"]))
+    @example(moment="0001-01-01T00:00:00+01:00", day=dt.date.min, which="since")
+    @example(moment="9999-12-31T23:59:59-14:00", day=dt.date.max, which="until")
+    def check(client: TestClient, moment: str, day: Any, which: str) -> None:
+        for route in TIME_ROUTES:
+            r = client.get(route, params={which: moment}, headers=cast.a)
+            assert r.status_code in (200, 400), (route, which, moment, r.status_code, r.text)
+        r = client.get("/api/v1/stats/conversations", params={which: day.isoformat()}, headers=cast.a)
+        assert r.status_code == 200, (which, day, r.text)
+
+    with _client(storage, Settings.from_env(backend.env(TZ=tz))) as client:
+        check(client)
