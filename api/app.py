@@ -32,7 +32,7 @@ from starlette.routing import Match
 from .. import __version__
 from ..core.errors import MESError
 from ..core.log import get_logger
-from ..core.metrics import API_LATENCY, register_queue_collector
+from ..core.metrics import observe_api_request, register_queue_collector
 from ..core.settings import Settings
 from ..reader import BadCursor, HistoryReader
 from ..storage import Storage
@@ -188,7 +188,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 class _Observe:
     """Plain ASGI middleware (cheaper than ``BaseHTTPMiddleware``): latency by route for
-    Prometheus, and a request id bound to every log line of the request and returned as
+    Prometheus (labels from a bounded set: see ``observe_api_request``), and a request id bound to every log line of the request and returned as
     ``X-Request-ID`` (the caller's, if it sent a sane one)."""
 
     def __init__(self, app: Any) -> None:
@@ -214,10 +214,9 @@ class _Observe:
             await self.app(scope, receive, send_with_id)
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
-            path = getattr(scope.get("route"), "path", "unmatched")
-            API_LATENCY.labels(scope.get("method", ""), path, str(status[0])).observe(
-                time.perf_counter() - start
-            )
+            route = scope.get("route")  # the template, never the path (an id is not a label)
+            template = getattr(route, "path_format", None) or getattr(route, "path", None)
+            observe_api_request(scope.get("method", ""), template, status[0], time.perf_counter() - start)
 
 
 def _install_metrics(app: FastAPI) -> None:

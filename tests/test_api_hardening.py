@@ -4,6 +4,8 @@ times out of range, made-up methods and paths, a database that is down, a large 
 from __future__ import annotations
 
 import datetime as dt
+import random
+import string
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -12,11 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from mes.api import Services, create_app
 from mes.api.auth import Authenticator
 from mes.core.settings import Settings
 from mes.reader import HistoryReader
+from mes.storage import Storage
 
 from . import newapi
 from .factories import BASE_MS, conversation, error
@@ -192,3 +196,48 @@ def test_no_time_or_day_gives_a_server_error(backend, tz):
 
     with _client(storage, Settings.from_env(backend.env(TZ=tz))) as client:
         check(client)
+
+
+# -- metrics ------------------------------------------------------------------------------
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+
+
+def _series(text: str) -> set[tuple[str, str, str]]:
+    out = set()
+    for family in text_string_to_metric_families(text):
+        if family.name == "mes_api_request_seconds":
+            out |= {(s.labels["method"], s.labels["route"], s.labels["status"]) for s in family.samples
+                    if s.name.endswith("_count")}  # fmt: skip
+    return out
+
+
+def _flood(client: TestClient, rng: random.Random, n: int) -> None:
+    for _ in range(n):
+        method = "".join(rng.choices(string.ascii_uppercase, k=rng.randint(3, 12)))
+        path = "/" + "/".join(
+            "".join(rng.choices(string.ascii_lowercase + "%2F", k=6)) for _ in range(rng.randint(1, 4))
+        )
+        client.request(method, path)
+        client.request(method, "/api/v1/conversations/" + path.lstrip("/"))
+        client.get(path)
+        client.get("/api/v1/conversations/" + path.lstrip("/"))  # an id route: 401, labelled by template
+
+
+def test_metrics_labels_stay_bounded_under_made_up_methods_and_paths(tmp_path):
+    """Made-up methods and random paths, unauthenticated, do not add series to /metrics."""
+    env = {"MES_SQL_DSN": f"sqlite:///{tmp_path / 'mes.db'}", "MES_DATA_DIR": str(tmp_path / "data")}
+    storage = Storage.open(Settings.from_env(env).database)
+    rng = random.Random(16)
+    with _client(storage, Settings.from_env(env)) as client:
+        client.get("/metrics")  # its own series, before the first look
+        _flood(client, rng, 150)
+        first = client.get("/metrics").text
+        _flood(client, rng, 150)
+        second = client.get("/metrics").text
+    storage.close()
+    series = _series(second)
+    templates = set(client.app.openapi()["paths"]) | {"/metrics", "/openapi.json", "/docs", "/redoc"}
+    assert {m for m, _r, _s in series} <= HTTP_METHODS | {"other"}
+    assert {r for _m, r, _s in series} <= templates | {"unmatched"}, {r for _m, r, _s in series} - templates
+    assert _series(first) == series  # the second flood added nothing
+    assert len(second) < len(first) + 2_000  # (counts grow by a few digits)
