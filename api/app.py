@@ -480,24 +480,30 @@ def _routes() -> Any:
 
     @router.get("/readyz", tags=["operations"])
     def readyz(request: Request) -> Response:
-        """The database (and Redis, when configured) answer (readiness)."""
+        """The database (and Redis, when configured) answer (readiness): 200, or 503 with
+        ``{"status": "unavailable", "down": [...]}`` naming what is down. The route needs no
+        credentials, so the answer never holds the error itself (a driver's message names
+        hosts, ports and users): that goes to the log, ``readiness_check_failed``."""
         svc = _svc(request)
         checks: dict[str, str] = {}
         try:
             with svc.reader.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"unavailable: {str(exc).splitlines()[0][:200]}"
+        except Exception as exc:  # any failure means "not ready"; what it was goes to the log
+            log.warning("readiness_check_failed", dependency="database", error=str(exc).splitlines()[0][:300])
+            checks["database"] = "unavailable"
         if svc.redis is not None:
             try:
                 svc.redis.ping()
                 checks["redis"] = "ok"
             except Exception as exc:
-                checks["redis"] = f"unavailable: {str(exc)[:200]}"
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                              status_code=200 if ready else 503)  # fmt: skip
+                log.warning("readiness_check_failed", dependency="redis", error=str(exc)[:300])
+                checks["redis"] = "unavailable"
+        down = [name for name, state in checks.items() if state != "ok"]
+        if down:
+            return JSONResponse({"status": "unavailable", "down": down, "checks": checks}, status_code=503)
+        return JSONResponse({"status": "ready", "checks": checks})
 
     @router.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics() -> Response:

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -19,11 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from mes.api import Services, create_app
 from mes.api.auth import Authenticator
 from mes.core.settings import Settings
+from mes.embedded import free_port
 from mes.reader import HistoryReader
 from mes.storage import Storage
 
 from . import newapi
 from .factories import BASE_MS, conversation, error
+from .netproxy import Proxy
 
 # Ids the contract allows (1-191 characters of anything) that a path can mangle.
 ODD_IDS = [
@@ -241,3 +244,35 @@ def test_metrics_labels_stay_bounded_under_made_up_methods_and_paths(tmp_path):
     assert {r for _m, r, _s in series} <= templates | {"unmatched"}, {r for _m, r, _s in series} - templates
     assert _series(first) == series  # the second flood added nothing
     assert len(second) < len(first) + 2_000  # (counts grow by a few digits)
+
+
+# -- readiness ----------------------------------------------------------------------------
+def test_readiness_names_what_is_down_and_nothing_else(server_backend):
+    """A database and a Redis that are down: 503 naming them, no host, port, user or driver."""
+    target_host, target_port = server_backend.address
+    proxy = Proxy(target_host, target_port)
+    dsn = server_backend.proxied_dsn(proxy.port)
+    env = server_backend.env(MES_SQL_DSN=dsn, MES_DAILY_PARTITION="true")
+    settings_ = Settings.from_env(env)
+    storage = Storage.open(settings_.database)
+    dead_redis_port = free_port()
+    dead_redis = redis.Redis(host="127.0.0.1", port=dead_redis_port, socket_connect_timeout=1)
+    reader = HistoryReader(storage)  # it reads the catalog now, while the database is up
+    try:
+        with _client(storage, settings_, reader) as client:
+            assert client.get("/readyz").json() == {"status": "ready", "checks": {"database": "ok"}}
+        proxy.cut()
+        with _client(storage, settings_, reader, redis=dead_redis) as client:
+            r = client.get("/readyz")
+        assert r.status_code == 503
+        body = r.json()
+        assert body["status"] == "unavailable" and body["down"] == ["database", "redis"]
+        assert body["checks"] == {"database": "unavailable", "redis": "unavailable"}
+        lowered = r.text.lower()
+        for leak in ("127.0.0.1", "localhost", str(proxy.port), str(target_port), str(dead_redis_port),
+                     "root", "postgres", "mysql", "pymysql", "psycopg", "operationalerror", "error ",
+                     "connect", "refused", "password", "sqlalchemy"):  # fmt: skip
+            assert leak not in lowered, (leak, r.text)
+    finally:
+        proxy.close()
+        storage.close()
