@@ -52,7 +52,7 @@ MAX_USER_ID = 2_147_483_647
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
-          413: "invalid_request_error", 503: "service_unavailable"}  # fmt: skip
+          413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}  # fmt: skip
 
 
 def error_response(status: int, message: str, code: str | None = None, **headers: str) -> JSONResponse:
@@ -163,9 +163,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AuthError)
     async def _auth_error(_r: Request, exc: AuthError) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-        code = "invalid_api_key" if exc.status == 401 else "unavailable"
-        return error_response(exc.status, str(exc), code, **headers)
+        if exc.status == 401:
+            return error_response(401, str(exc), "invalid_api_key", **{"WWW-Authenticate": "Bearer"})
+        if exc.status == 429:
+            return error_response(429, str(exc), "rate_limited", **{"Retry-After": "1"})
+        return error_response(exc.status, str(exc), "unavailable")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_r: Request, exc: RequestValidationError) -> Response:
