@@ -3,6 +3,7 @@ times out of range, made-up methods and paths, a database that is down, a large 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 import string
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -21,6 +23,7 @@ from mes.api import Services, create_app
 from mes.api.auth import Authenticator
 from mes.core.settings import Settings
 from mes.embedded import free_port
+from mes.producer import Producer
 from mes.reader import HistoryReader
 from mes.storage import Storage
 
@@ -276,3 +279,62 @@ def test_readiness_names_what_is_down_and_nothing_else(server_backend):
     finally:
         proxy.close()
         storage.close()
+
+
+# -- ingest -------------------------------------------------------------------------------
+def test_a_large_ingest_is_parsed_and_checked_off_the_event_loop(tmp_path, redis_server, monkeypatch):
+    """A 15 MB body of 1,000 events is accepted whole, and neither its parsing nor its
+    checks run on the event loop's thread (where they would stall every other request)."""
+    from mes.api import ingest
+
+    env = {"MES_SQL_DSN": f"sqlite:///{tmp_path / 'mes.db'}", "MES_DATA_DIR": str(tmp_path / "data"),
+           "REDIS_CONN_STRING": redis_server.url, "MES_SPOOL_DIR": str(tmp_path / "spool")}  # fmt: skip
+    settings_ = Settings.from_env(env)
+    storage = Storage.open(settings_.database)
+    producer = Producer(settings_.producer)
+    on_loop: list[str] = []
+
+    def on_the_loop() -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
+    class WatchedOrjson:
+        JSONDecodeError = orjson.JSONDecodeError
+        JSONEncodeError = orjson.JSONEncodeError
+        dumps = staticmethod(orjson.dumps)
+
+        @staticmethod
+        def loads(data: Any) -> Any:
+            if on_the_loop():
+                on_loop.append("loads")
+            return orjson.loads(data)
+
+    real_prepare = ingest.prepare_events
+
+    def watched_prepare(*args: Any) -> Any:
+        if on_the_loop():
+            on_loop.append("prepare_events")
+        return real_prepare(*args)
+
+    monkeypatch.setattr(ingest, "orjson", WatchedOrjson)
+    monkeypatch.setattr(ingest, "prepare_events", watched_prepare)
+    content = "y" * 15_000
+    events = [
+        {"kind": "chat", "conversation_id": f"big-{n}", "user_id": 1, "model_name": "gpt-4o",
+         "messages": [{"role": "user", "content": content}],
+         "response": {"choices": [{"message": {"role": "assistant", "content": "ok"}}]}}
+        for n in range(1000)
+    ]  # fmt: skip
+    body = orjson.dumps({"events": events})
+    assert len(body) > 15_000_000
+    with _client(storage, settings_, redis=producer._transport.redis, producer=producer) as client:
+        headers = {"Authorization": f"Bearer {newapi.OPERATOR_KEY}", "Content-Type": "application/json"}
+        r = client.post("/api/v1/events", content=body, headers=headers)
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["accepted"] == 1000 and r.json()["stored_in"] == "queued"
+    assert on_loop == []
+    producer.close()
+    storage.close()
