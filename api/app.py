@@ -190,8 +190,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 class _Observe:
     """Plain ASGI middleware (cheaper than ``BaseHTTPMiddleware``): latency by route for
-    Prometheus (labels from a bounded set: see ``observe_api_request``), and a request id bound to every log line of the request and returned as
-    ``X-Request-ID`` (the caller's, if it sent a sane one)."""
+    Prometheus (labels from a bounded set: see ``observe_api_request``), and a request id
+    bound to every log line of the request and returned as ``X-Request-ID`` (the
+    caller's, if it sent a sane one)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -248,6 +249,12 @@ def _owner_of(svc: Services, caller: Principal, conversation_id: str, user_id: i
     if len(rows) > 1:
         raise ApiError(409, f"{len(rows)} users have a conversation with this id: pass user_id", "ambiguous")
     return int(rows[0].user_id) if rows else None
+
+
+def _described(exc: BaseException) -> str:
+    """An exception in one line for the log (some have no message, some have many lines)."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def _not_found() -> ApiError:
@@ -493,14 +500,14 @@ def _routes() -> Any:
                 conn.execute(text("SELECT 1"))
             checks["database"] = "ok"
         except Exception as exc:  # any failure means "not ready"; what it was goes to the log
-            log.warning("readiness_check_failed", dependency="database", error=str(exc).splitlines()[0][:300])
+            log.warning("readiness_check_failed", dependency="database", error=_described(exc))
             checks["database"] = "unavailable"
         if svc.redis is not None:
             try:
                 svc.redis.ping()
                 checks["redis"] = "ok"
             except Exception as exc:
-                log.warning("readiness_check_failed", dependency="redis", error=str(exc)[:300])
+                log.warning("readiness_check_failed", dependency="redis", error=_described(exc))
                 checks["redis"] = "unavailable"
         down = [name for name, state in checks.items() if state != "ok"]
         if down:
