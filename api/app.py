@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 import structlog
 from fastapi import FastAPI, Path, Query, Request
@@ -26,11 +27,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import __version__
 from ..core.errors import MESError
 from ..core.log import get_logger
-from ..core.metrics import API_LATENCY, register_queue_collector
+from ..core.metrics import observe_api_request, register_queue_collector
 from ..core.settings import Settings
 from ..reader import BadCursor, HistoryReader
 from ..storage import Storage
@@ -50,7 +52,7 @@ MAX_USER_ID = 2_147_483_647
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
-          413: "invalid_request_error", 503: "service_unavailable"}  # fmt: skip
+          413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}  # fmt: skip
 
 
 def error_response(status: int, message: str, code: str | None = None, **headers: str) -> JSONResponse:
@@ -161,9 +163,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AuthError)
     async def _auth_error(_r: Request, exc: AuthError) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-        code = "invalid_api_key" if exc.status == 401 else "unavailable"
-        return error_response(exc.status, str(exc), code, **headers)
+        if exc.status == 401:
+            return error_response(401, str(exc), "invalid_api_key", **{"WWW-Authenticate": "Bearer"})
+        if exc.status == 429:
+            return error_response(429, str(exc), "rate_limited", **{"Retry-After": "1"})
+        return error_response(exc.status, str(exc), "unavailable")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_r: Request, exc: RequestValidationError) -> Response:
@@ -186,8 +190,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 class _Observe:
     """Plain ASGI middleware (cheaper than ``BaseHTTPMiddleware``): latency by route for
-    Prometheus, and a request id bound to every log line of the request and returned as
-    ``X-Request-ID`` (the caller's, if it sent a sane one)."""
+    Prometheus (labels from a bounded set: see ``observe_api_request``), and a request id
+    bound to every log line of the request and returned as ``X-Request-ID`` (the
+    caller's, if it sent a sane one)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -212,10 +217,9 @@ class _Observe:
             await self.app(scope, receive, send_with_id)
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
-            path = getattr(scope.get("route"), "path", "unmatched")
-            API_LATENCY.labels(scope.get("method", ""), path, str(status[0])).observe(
-                time.perf_counter() - start
-            )
+            route = scope.get("route")  # the template, never the path (an id is not a label)
+            template = getattr(route, "path_format", None) or getattr(route, "path", None)
+            observe_api_request(scope.get("method", ""), template, status[0], time.perf_counter() - start)
 
 
 def _install_metrics(app: FastAPI) -> None:
@@ -224,7 +228,9 @@ def _install_metrics(app: FastAPI) -> None:
 
 # -- routes --------------------------------------------------------------------------------
 UserId = Annotated[int | None, Query(ge=0, le=MAX_USER_ID, description="admins: whose history")]
-ConversationId = Annotated[str, Path(max_length=191, description="the gateway's conversation id")]
+ConversationId = Annotated[
+    str, Path(max_length=191, description="the gateway's conversation id, percent-encoded (`/` as `%2F`)")
+]
 Since = Annotated[str | None, Query(description="from this time: unix seconds or ISO 8601")]
 Until = Annotated[str | None, Query(description="before this time: unix seconds or ISO 8601")]
 Model = Annotated[str | None, Query(max_length=191, description="only conversations that used this model")]
@@ -243,6 +249,12 @@ def _owner_of(svc: Services, caller: Principal, conversation_id: str, user_id: i
     if len(rows) > 1:
         raise ApiError(409, f"{len(rows)} users have a conversation with this id: pass user_id", "ambiguous")
     return int(rows[0].user_id) if rows else None
+
+
+def _described(exc: BaseException) -> str:
+    """An exception in one line for the log (some have no message, some have many lines)."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def _not_found() -> ApiError:
@@ -274,10 +286,58 @@ class _RenderedRoute(APIRoute):
         super().__init__(path, _rendered(endpoint), **kwargs)
 
 
+_CONVERSATIONS = "/api/v1/conversations/"
+_SUFFIXES = ("/errors",)  # what follows an id in a route: never the end of an id sent raw
+
+
+class _ConversationRoute(_RenderedRoute):
+    """A route ``/api/v1/conversations/{conversation_id:path}[/errors]``, matched on the
+    path as the client sent it (``raw_path``), so that an id may hold any character.
+
+    Servers decode ``%2F`` to ``/`` before routing (Starlette's test client even decodes
+    twice), so on the decoded path ``x%2Ferrors`` would read as the errors of ``x``. On
+    the raw path the rule is: the id is everything after ``/api/v1/conversations/``,
+    percent-decoded, except that a raw path ending in a literal ``/errors`` is the errors
+    route of the id before it (GET; other methods get 405). An id that itself ends in
+    ``/errors`` sends that slash encoded, as any client that encodes the id as one path
+    segment does; an unencoded ``/`` elsewhere is part of the id. (A ``.`` or ``..``
+    segment sent raw is rewritten by the client's own URL library: encode dots as
+    ``%2E`` there.) Without a usable ``raw_path``, the same rule runs on the decoded path.
+    Invalid UTF-8 in the escapes decodes to lone surrogates, which ``check_text``
+    refuses with a 400 rather than reading another id (U+FFFD) into them."""
+
+    def matches(self, scope: Any) -> tuple[Match, Any]:
+        raw = _raw_path(scope)
+        if raw is None:
+            return self._checked(*super().matches(scope), decode=False)
+        return self._checked(*super().matches({**scope, "path": raw}), decode=True)
+
+    def _checked(self, match: Match, child: Any, *, decode: bool) -> tuple[Match, Any]:
+        if match is Match.NONE:
+            return match, child
+        sent = child["path_params"]["conversation_id"]
+        if not sent or (self.path.endswith("}") and sent.endswith(_SUFFIXES)):
+            return Match.NONE, {}  # no id (redirect_slashes may help), or another route's path
+        if decode:
+            child["path_params"]["conversation_id"] = unquote(sent, errors="surrogateescape")
+        return match, child
+
+
+def _raw_path(scope: Any) -> str | None:
+    """The request's path as sent (still percent-encoded), when it is under the
+    conversations' prefix (a middleware that rewrote ``path`` leaves ``raw_path`` elsewhere)."""
+    raw = scope.get("raw_path")
+    if raw is None:
+        return None
+    text: str = raw.decode("latin-1")
+    return text if text.startswith(scope.get("root_path", "") + _CONVERSATIONS) else None
+
+
 def _routes() -> Any:
     from fastapi import APIRouter
 
     router = APIRouter(route_class=_RenderedRoute)
+    ids = APIRouter(route_class=_ConversationRoute)  # the routes with an id in the path
 
     @router.get("/api/v1/conversations", tags=["history"])
     def list_conversations(
@@ -320,7 +380,28 @@ def _routes() -> Any:
             "user_id": uid,
         }
 
-    @router.get("/api/v1/conversations/{conversation_id}", tags=["history"])
+    # Declared before the others: a path ending in "/errors" is this route's (see _ConversationRoute).
+    @ids.get("/api/v1/conversations/{conversation_id:path}/errors", tags=["errors"])
+    def conversation_errors(
+        request: Request,
+        caller: Caller,
+        conversation_id: ConversationId,
+        limit: Annotated[int, Query(ge=1, le=MAX_MESSAGES)] = 100,
+        user_id: UserId = None,
+    ) -> dict[str, Any]:
+        """The conversation's failed requests, newest first."""
+        svc = _svc(request)
+        owner = _owner_of(svc, caller, conversation_id, user_id)
+        errors = (
+            svc.reader.get_conversation_errors(conversation_id, user_id=owner, limit=limit)
+            if owner is not None
+            else None
+        )
+        if errors is None:
+            raise _not_found()
+        return {"object": "list", "conversation_id": conversation_id, "errors": errors}
+
+    @ids.get("/api/v1/conversations/{conversation_id:path}", tags=["history"])
     def get_conversation(
         request: Request,
         caller: Caller,
@@ -340,7 +421,7 @@ def _routes() -> Any:
         return {"object": "conversation", "conversation_id": conversation_id, "conversation": meta,
                 "messages": messages}  # fmt: skip
 
-    @router.delete("/api/v1/conversations/{conversation_id}", tags=["history"])
+    @ids.delete("/api/v1/conversations/{conversation_id:path}", tags=["history"])
     def delete_conversation(
         request: Request, caller: Caller, conversation_id: ConversationId, user_id: UserId = None
     ) -> dict[str, Any]:
@@ -352,26 +433,6 @@ def _routes() -> Any:
             raise _not_found()
         log.info("conversation_deleted", conversation_id=conversation_id, user_id=owner, by=caller.user_id)
         return {"message": "conversation deleted", "conversation_id": conversation_id, "deleted": True}
-
-    @router.get("/api/v1/conversations/{conversation_id}/errors", tags=["errors"])
-    def conversation_errors(
-        request: Request,
-        caller: Caller,
-        conversation_id: ConversationId,
-        limit: Annotated[int, Query(ge=1, le=MAX_MESSAGES)] = 100,
-        user_id: UserId = None,
-    ) -> dict[str, Any]:
-        """The conversation's failed requests, newest first."""
-        svc = _svc(request)
-        owner = _owner_of(svc, caller, conversation_id, user_id)
-        errors = (
-            svc.reader.get_conversation_errors(conversation_id, user_id=owner, limit=limit)
-            if owner is not None
-            else None
-        )
-        if errors is None:
-            raise _not_found()
-        return {"object": "list", "conversation_id": conversation_id, "errors": errors}
 
     @router.get("/api/v1/errors", tags=["errors"])
     def list_errors(
@@ -428,28 +489,35 @@ def _routes() -> Any:
 
     @router.get("/readyz", tags=["operations"])
     def readyz(request: Request) -> Response:
-        """The database (and Redis, when configured) answer (readiness)."""
+        """The database (and Redis, when configured) answer (readiness): 200, or 503 with
+        ``{"status": "unavailable", "down": [...]}`` naming what is down. The route needs no
+        credentials, so the answer never holds the error itself (a driver's message names
+        hosts, ports and users): that goes to the log, ``readiness_check_failed``."""
         svc = _svc(request)
         checks: dict[str, str] = {}
         try:
             with svc.reader.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"unavailable: {str(exc).splitlines()[0][:200]}"
+        except Exception as exc:  # any failure means "not ready"; what it was goes to the log
+            log.warning("readiness_check_failed", dependency="database", error=_described(exc))
+            checks["database"] = "unavailable"
         if svc.redis is not None:
             try:
                 svc.redis.ping()
                 checks["redis"] = "ok"
             except Exception as exc:
-                checks["redis"] = f"unavailable: {str(exc)[:200]}"
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                              status_code=200 if ready else 503)  # fmt: skip
+                log.warning("readiness_check_failed", dependency="redis", error=_described(exc))
+                checks["redis"] = "unavailable"
+        down = [name for name, state in checks.items() if state != "ok"]
+        if down:
+            return JSONResponse({"status": "unavailable", "down": down, "checks": checks}, status_code=503)
+        return JSONResponse({"status": "ready", "checks": checks})
 
     @router.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics() -> Response:
         """Prometheus metrics."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    router.include_router(ids)
     return router

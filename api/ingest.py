@@ -91,6 +91,13 @@ def prepare_events(
     return accepted, results
 
 
+def _parse(body: bytes | bytearray) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+
+
 def ingest_router() -> APIRouter:
     router = APIRouter()
 
@@ -109,10 +116,9 @@ def ingest_router() -> APIRouter:
             body += chunk
             if len(body) > limits.ingest_max_bytes:
                 raise ApiError(413, f"the body is larger than {limits.ingest_max_bytes} bytes", "too_large")
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+        # Parsing and checking a body of megabytes takes CPU for as long as it is large:
+        # in the thread pool, so the event loop keeps serving every other request.
+        payload = await run_in_threadpool(_parse, body)
         events = payload.get("events") if isinstance(payload, dict) else None
         if not isinstance(events, list):
             raise ApiError(400, 'the body must be {"events": [event, ...]}')
@@ -120,7 +126,7 @@ def ingest_router() -> APIRouter:
             raise ApiError(
                 413, f"{len(events)} events: at most {limits.ingest_max_events} per request", "too_large"
             )
-        accepted, results = prepare_events(events, caller, int(time.time() * 1000))
+        accepted, results = await run_in_threadpool(prepare_events, events, caller, int(time.time() * 1000))
         durable = None
         if accepted:
             try:

@@ -9,7 +9,14 @@ from .auth import Principal
 __all__ = ["ApiError", "check_text", "parse_day", "parse_time_ms", "scope_user"]
 
 MAX_ID = 191  # the id columns' length
-MAX_TIME_S = 253_402_300_799  # 9999-12-31T23:59:59Z
+# Times a caller may name: 1970 to the end of 9998 (UTC). Not to datetime's own end: the
+# reader turns a time into its day in TZ (up to 14 h ahead) and takes the next day's
+# midnight, which has to be a date too.
+MAX_TIME_S = 253_370_764_799  # 9998-12-31T23:59:59Z
+_RANGE = "from 1970-01-01T00:00:00Z to 9998-12-31T23:59:59Z (unix seconds 0 to 253370764799)"
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class ApiError(Exception):
@@ -34,7 +41,12 @@ def check_text(name: str, value: str | None, *, max_len: int = MAX_ID) -> str | 
 
 
 def parse_time_ms(name: str, value: str | None) -> int | None:
-    """``since`` / ``until``: unix seconds, or an ISO 8601 date or date-time (UTC if no zone)."""
+    """``since`` / ``until``: unix seconds, or an ISO 8601 date or date-time (UTC if no zone).
+
+    Raises:
+        ApiError: 400 for what is not a time, or a time outside ``MAX_TIME_S``'s range
+            (``0001-01-01T00:00:00+01:00`` is a valid ISO string, but a year 0 in UTC).
+    """
     if value is None or value == "":
         return None
     text = value.strip()
@@ -42,22 +54,21 @@ def parse_time_ms(name: str, value: str | None) -> int | None:
         seconds = float(text)
     except ValueError:
         seconds = None
-    if seconds is not None:
-        if not (0 <= seconds <= MAX_TIME_S):  # NaN fails both comparisons
-            raise ApiError(400, f"{name}={value!r} is out of range (unix seconds, 0 to year 9999)")
-        return int(seconds * 1000)
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ApiError(
-            400, f"{name}={value!r} is not a time: use unix seconds or ISO 8601 (2026-01-15T08:00:00Z)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    try:
-        return int(moment.timestamp() * 1000)
-    except (OverflowError, ValueError):
-        raise ApiError(400, f"{name}={value!r} is out of range") from None
+    if seconds is None:
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise ApiError(
+                400, f"{name}={value!r} is not a time: use unix seconds or ISO 8601 (2026-01-15T08:00:00Z)"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        # a difference of aware datetimes, which (unlike a conversion to UTC) cannot
+        # leave datetime's range: the range is checked below, on plain numbers
+        seconds = (moment - _EPOCH).total_seconds()
+    if not (0 <= seconds <= MAX_TIME_S):  # NaN fails both comparisons
+        raise ApiError(400, f"{name}={value!r} is out of range: times go {_RANGE}")
+    return int(seconds * 1000)
 
 
 def parse_day(name: str, value: str | None) -> dt.date | None:

@@ -24,6 +24,7 @@ __all__ = [
     "PARTITIONS_CREATED",
     "ROWS",
     "QueueCollector",
+    "observe_api_request",
     "register_producer_collector",
     "register_queue_collector",
 ]
@@ -34,6 +35,22 @@ API_LATENCY = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+# Every label value is a new series kept for the life of the process, so none may come
+# from what a caller sends: a made-up method is "other", a path no route matches is
+# "unmatched" (routes are their templates), a status is one the app itself answered.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def observe_api_request(method: str, route: str | None, status: int, seconds: float) -> None:
+    """One API request into ``API_LATENCY``, with labels from a bounded set.
+
+    ``route`` is the matched route's template (``/api/v1/conversations/{conversation_id}``),
+    or None when no route matched."""
+    API_LATENCY.labels(
+        method if method in HTTP_METHODS else "other", route or "unmatched", str(status)
+    ).observe(seconds)
+
+
 BATCHES = Counter("mes_worker_batches_total", "batches (jobs) a worker finished", ["outcome"])
 ROWS = Counter("mes_worker_rows_total", "history rows written", ["kind"])  # chat, error
 BATCH_SECONDS = Histogram(
