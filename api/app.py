@@ -408,12 +408,29 @@ def _routes() -> Any:
         conversation_id: ConversationId,
         limit: Annotated[int, Query(ge=1, le=MAX_MESSAGES)] = 50,
         user_id: UserId = None,
+        request_id: Annotated[
+            str | None,
+            Query(
+                alias="request",
+                min_length=1,
+                max_length=64,
+                description="an answer's `event_id`: the exact messages that request sent, then its answer",
+            ),
+        ] = None,  # fmt: skip
     ) -> dict[str, Any]:
-        """The conversation's latest `limit` messages, oldest first, in OpenAI format."""
+        """The conversation's transcript (each message once, in conversation order), its
+        latest `limit` messages, in OpenAI format; with `request`, one request's exact context."""
         svc = _svc(request)
         owner = _owner_of(svc, caller, conversation_id, user_id)
         if owner is None:
             raise _not_found()
+        if request_id is not None:
+            check_text("request", request_id)
+            context = svc.reader.get_request_context(conversation_id, request_id, user_id=owner)
+            if context is None:
+                raise _not_found()
+            return {"object": "conversation.request", "conversation_id": conversation_id,
+                    "request": request_id, "messages": context}  # fmt: skip
         found = svc.reader.read_conversation(conversation_id, limit, user_id=owner)
         if found is None:
             raise _not_found()
