@@ -416,7 +416,7 @@ def _routes() -> Any:
                 max_length=64,
                 description="an answer's `event_id`: the exact messages that request sent, then its answer",
             ),
-        ] = None,  # fmt: skip
+        ] = None,
     ) -> dict[str, Any]:
         """The conversation's transcript (each message once, in conversation order), its
         latest `limit` messages, in OpenAI format; with `request`, one request's exact context."""
