@@ -335,7 +335,9 @@ def _read_header(path: str) -> dict[str, Any]:
     return header
 
 
-def _number_legacy(conn: Any, storage: Storage, row: dict[str, Any], numbers: dict[tuple[str, int], list[int]]) -> None:
+def _number_legacy(
+    conn: Any, storage: Storage, row: dict[str, Any], numbers: dict[tuple[str, int], list[int]]
+) -> None:
     """Give a row archived before transcripts its ordinal, position and digest: after the
     conversation's rows, in the order it was archived (by id, the order it was stored)."""
     key = (row["conversation_id"], row["user_id"])

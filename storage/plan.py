@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from ..core.days import DayCalendar, day_int
-from .transcript import GAP, Entry, Transcript, align, decode_context, encode_context
+from .transcript import GAP, Entry, Transcript, align, encode_context, join_context
 from .turns import content_column, message_digest, message_digests, sequence_digest
 
 __all__ = [
@@ -227,8 +227,13 @@ def _with_digests(ev: Prepared) -> list[bytes]:
 
 
 def _row_id(event_id: str, seq: int) -> str:
-    """The message id of the row an event stores for its message (or answer) ``seq``."""
-    return blake2b(f"{event_id}|{seq}".encode(), digest_size=16).hexdigest()
+    """The message id of the row an event stores for its message (or answer) ``seq``:
+    ``<event_id>.<seq>``, unique because event ids are, hashed when that would not fit
+    the column (event ids are at most 64 characters; a hash has no dot)."""
+    mid = f"{event_id}.{seq}"
+    if len(mid) <= 64:
+        return mid
+    return blake2b(mid.encode(), digest_size=16).hexdigest()
 
 
 Loader = Callable[[ConversationState], list[Entry]]
@@ -359,22 +364,29 @@ class _Matcher:
         self.load = load
         self.fresh: set[tuple[str, int]] = set()  # no chat row stored before this batch
         self.transcripts: dict[tuple[str, int], Transcript] = {}
-        self.planned: dict[tuple[str, int], list[Entry]] = {}  # rows of conversations not read
+        # the rows planned for conversations whose transcript is not read (yet)
+        self.planned: dict[tuple[str, int], list[tuple[dt.date, list[tuple[Any, ...]]]]] = {}
 
     def resolve(
         self, ev: Prepared, state: ConversationState, digests: list[bytes]
-    ) -> tuple[list[int | None], list[int], Entry | None]:
-        """The stored ordinal each message re-sends (None: new), the positions of the new
-        ones, and the stored row right after the request's last message when that one is
-        a re-send (the answer may be that row: see ``_Claimer``)."""
+    ) -> tuple[int, str, list[int | None], list[int], Entry | None]:
+        """Which messages are re-sends: the first ``size`` are the conversation's tail
+        (their context is the tail's, ``head``); after them, the stored ordinal each one
+        re-sends (None: new); the positions of the new ones; and the stored row right
+        after the request's last message when that one is a re-send (the answer may be
+        that row: see ``_Claimer``)."""
         n = len(digests)
         if state.event_count == 0:  # no chat row anywhere yet: everything is new
-            return [None] * n, _appended(state.max_position, n), None
+            return 0, "", [None] * n, _appended(state.max_position, n), None
         size = state.tail_len
         if size and n >= size and sequence_digest(digests[:size]).hex() == state.tail_digest:
-            ordinals: list[int | None] = list(decode_context(state.tail_context))
-            if len(ordinals) == size:
-                return ordinals + [None] * (n - size), _appended(state.max_position, n - size), None
+            return (
+                size,
+                state.tail_context,
+                [None] * (n - size),
+                _appended(state.max_position, n - size),
+                None,
+            )
         transcript = self._transcript(ev.key, state)
         matches = align(transcript.digests(), digests)
         positions = transcript.place(matches, state.max_position)
@@ -382,22 +394,42 @@ class _Matcher:
         ordinals = [None if m is None else entries[m].ordinal for m in matches]
         last = matches[-1] if matches else None
         follow = entries[last + 1] if last is not None and last + 1 < len(entries) else None
-        return ordinals, positions, follow
+        return 0, "", ordinals, positions, follow
 
     def _transcript(self, key: tuple[str, int], state: ConversationState) -> Transcript:
         transcript = self.transcripts.get(key)
         if transcript is None:
-            planned = self.planned.pop(key, [])
             stored = [] if key in self.fresh else self.load(state)
+            planned = [_entry(row, day) for day, rows in self.planned.pop(key, []) for row in rows]
             transcript = self.transcripts[key] = Transcript([*stored, *planned])
         return transcript
 
-    def record(self, key: tuple[str, int], entry: Entry) -> None:
+    def record(
+        self, key: tuple[str, int], day: dt.date, rows: list[tuple[Any, ...]], claimed: str | None
+    ) -> None:
+        """An event's rows, kept as they are until a request of the conversation needs them
+        (``claimed``: the message id of a stored row its answer took over, already there)."""
         transcript = self.transcripts.get(key)
-        if transcript is not None:
-            transcript.add(entry)
-        else:
-            self.planned.setdefault(key, []).append(entry)
+        if transcript is None:
+            self.planned.setdefault(key, []).append((day, rows))  # (no claim without a transcript)
+            return
+        for row in rows:
+            if row[_MESSAGE_ID] != claimed:
+                transcript.add(_entry(row, day))
+
+
+_ORDINAL, _POSITION, _DIGEST, _MESSAGE_ID, _IS_RESPONSE, _MODEL, _MS = (
+    CHAT_COLUMNS.index(name)
+    for name in ("ordinal", "position", "digest", "message_id", "is_response", "model_name", "created_at_ms")
+)
+
+
+def _entry(row: tuple[Any, ...], day: dt.date) -> Entry:
+    """A planned chat row as the transcript holds it."""
+    return Entry(
+        row[_POSITION], row[_ORDINAL], bytes.fromhex(row[_DIGEST]), row[_IS_RESPONSE], row[_MESSAGE_ID],
+        row[_MODEL], row[_MS], day, planned=True,
+    )  # fmt: skip
 
 
 def _appended(end: int, count: int) -> list[int]:
@@ -493,21 +525,21 @@ def _chat_rows(
     token_id, channel_id = raw.get("token_id") or 0, raw.get("channel_id") or 0
     is_stream, ip, eid = bool(raw.get("is_stream")), raw.get("ip"), ev.event_id
     messages, model = ev.messages, ev.model
-    ordinals, positions, follow = matcher.resolve(ev, state, digests)
+    size, head, ordinals, positions, follow = matcher.resolve(ev, state, digests)
     new_positions = iter(positions)
-    context: list[int] = []
+    context: list[int] = []  # after the tail's ``head``
     rows: list[tuple[Any, ...]] = []
-    for seq, message in enumerate(messages):
-        ordinal = ordinals[seq]
+    for seq in range(size, len(messages)):
+        ordinal = ordinals[seq - size]
         if ordinal is not None:  # a re-send of a stored row
             context.append(ordinal)
             continue
+        message = messages[seq]
         position = next(new_positions)
         state.last_ordinal = ordinal = state.last_ordinal + 1
         state.max_position = max(state.max_position, position)
         context.append(ordinal)
         mid = _row_id(eid, seq)
-        matcher.record(key, Entry(position, ordinal, digests[seq], False, mid, model, ms, ev.day, True))
         content = message.get("content")
         if len(message) == 2 and type(content) is str:  # role and text: nothing else to keep
             other = None
@@ -520,22 +552,29 @@ def _chat_rows(
             channel_id, 0, 0, 0, is_stream, None, None, other, ip, eid, seq, ms, False,
             ordinal, position, digests[seq].hex(), None,
         ))  # fmt: skip
-    context_text = encode_context(context)
+    context_text = join_context(head, encode_context(context))
     response = raw.get("response") or {}
     usage = response.get("usage")
     tokens = _usage_tokens(usage)
     head = {k: v for k, v in response.items() if k not in _RESPONSE_SKIP}
     seq = len(messages)
     answered: list[int] = []
+    claimed: str | None = None
     for n, (choice, digest) in enumerate(zip(ev.choices, ev.answers, strict=True)):
-        if n == 0 and follow is not None and follow.digest == digest and not follow.is_response and not follow.planned:
+        if (
+            n == 0
+            and follow is not None
+            and follow.digest == digest
+            and not follow.is_response
+            and not follow.planned
+        ):
             claim(ev, state, follow)
-            mid, ordinal, position = follow.message_id, follow.ordinal, follow.position
+            claimed = mid = follow.message_id
+            ordinal, position = follow.ordinal, follow.position
         else:
             mid = _row_id(eid, seq + n)
             state.last_ordinal = ordinal = state.last_ordinal + 1
             state.max_position = position = state.max_position + GAP
-            matcher.record(key, Entry(position, ordinal, digest, True, mid, model, ms, ev.day, True))
         answered.append(ordinal)
         message = _choice_message(choice)
         content, is_json = content_column(message.get("content"))
@@ -557,10 +596,11 @@ def _chat_rows(
             _dumps(usage) if first and usage is not None else None, _dumps(extra) if extra else None,
             ip, eid, seq + n, ms, True, ordinal, position, digest.hex(), context_text,
         ))  # fmt: skip
+    matcher.record(key, ev.day, rows, claimed)
     if ms >= state.last_at_ms:  # the latest request so far: its turns and answer are the tail
         state.tail_digest = sequence_digest([*digests, ev.answers[0]]).hex()
         state.tail_len = len(digests) + 1
-        state.tail_context = encode_context([*context, answered[0]])
+        state.tail_context = join_context(context_text, str(answered[0]))
     return rows, tokens
 
 
@@ -569,8 +609,8 @@ def _error_rows(ev: Prepared, state: ConversationState, matcher: _Matcher) -> li
     raw = ev.raw
     digests = _with_digests(ev)
     messages = ev.messages
-    ordinals, _, _ = matcher.resolve(ev, state, digests)
-    picked = [seq for seq, ordinal in enumerate(ordinals) if ordinal is None]
+    size, _, ordinals, _, _ = matcher.resolve(ev, state, digests)
+    picked = [size + i for i, ordinal in enumerate(ordinals) if ordinal is None]
     if not picked and messages:  # all re-sent: the last one says what the request was
         picked = [len(messages) - 1]
     eid = ev.event_id

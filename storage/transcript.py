@@ -28,7 +28,16 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from difflib import SequenceMatcher
 
-__all__ = ["GAP", "STEP", "Entry", "Transcript", "align", "decode_context", "encode_context"]
+__all__ = [
+    "GAP",
+    "STEP",
+    "Entry",
+    "Transcript",
+    "align",
+    "decode_context",
+    "encode_context",
+    "join_context",
+]
 
 GAP = 1 << 40  # between appended rows: 2**23 appends per conversation before BIGINT ends
 STEP = 1 << 20  # between rows inserted into one gap: 2**20 inserts into the same gap
@@ -128,6 +137,24 @@ def encode_context(ordinals: Sequence[int]) -> str:
         parts.append(str(ordinals[i]) if i == j else f"{ordinals[i]}-{ordinals[j]}")
         i = j + 1
     return ",".join(parts)
+
+
+def join_context(head: str, tail: str) -> str:
+    """``encode_context(a + b)`` from ``encode_context(a)`` and ``encode_context(b)``, without
+    decoding either: the common request re-sends its conversation's tail (an encoded
+    context as long as the history) and adds two messages, and this costs the same
+    whatever the history's length."""
+    if not head or not tail:
+        return head or tail
+    cut = head.rfind(",") + 1
+    last = head[cut:]
+    start, _, end = last.partition("-")
+    first, _, rest = tail.partition(",")
+    p, _, q = first.partition("-")
+    if int(p) != int(end or start) + 1:
+        return f"{head},{tail}"
+    merged = f"{start}-{q or p}"
+    return head[:cut] + merged + ("," + rest if rest else "")
 
 
 def decode_context(text: str | None) -> list[int]:

@@ -233,7 +233,11 @@ class BatchWriter:
             states = self._load_states(cur, keys)
             stored = set(states)
             plan = build_plan(
-                fresh, states, lambda state: self._stored_rows(cur, state), now_s=now_s, calendar=self.calendar
+                fresh,
+                states,
+                lambda state: self._stored_rows(cur, state),
+                now_s=now_s,
+                calendar=self.calendar,
             )
             for day, rows in plan.ledger_rows.items():
                 bulk.insert(cur, catalog.day_tables(day).ledger, LEDGER_COLUMNS, rows)
@@ -339,7 +343,16 @@ class BatchWriter:
         """A conversation's chat rows, from the tables of the days it spans."""
         q = self.bulk.q
         cols = ", ".join(
-            q(c) for c in ("position", "ordinal", "digest", "is_response", "message_id", "model_name", "created_at_ms")
+            q(c)
+            for c in (
+                "position",
+                "ordinal",
+                "digest",
+                "is_response",
+                "message_id",
+                "model_name",
+                "created_at_ms",
+            )
         )
         tables = [self.catalog.day_tables(date_of_int(d)) for d in sorted(set(state.days))]
         if not self.catalog.daily:

@@ -101,3 +101,10 @@ def test_a_title_is_the_first_user_text_normalised_however_long(text):
         _title([{"role": "system", "content": "x"}, {"role": "user", "content": text}])
         == (" ".join(text.split())[:TITLE_LEN])
     )
+
+
+@given(st.lists(st.integers(1, 30), max_size=20), st.lists(st.integers(1, 30), max_size=20))
+def test_joining_two_encoded_contexts_is_encoding_them_together(a, b):
+    from mes.storage.transcript import join_context
+
+    assert join_context(encode_context(a), encode_context(b)) == encode_context(a + b)
