@@ -173,10 +173,15 @@ def replay_dead(ids: tuple[int, ...]) -> None:
     tools = _QueueTools()
     storage = Storage.open(tools.settings.database)
     try:
-        count = replay_dead_letters(storage, tools.redis, tools.keys, ids=ids or None)
+        done = replay_dead_letters(storage, tools.redis, tools.keys, ids=ids or None)
     finally:
         storage.close()
-    click.echo(f"replayed {count} dead letter(s)")
+    line = f"replayed {done.replayed} dead letter(s)"
+    if done.truncated:
+        shown = ", ".join(map(str, done.truncated[:20])) + (", ..." if len(done.truncated) > 20 else "")
+        line += (f"; {len(done.truncated)} kept: truncated (the event was too large to keep whole, so it "
+                 f"cannot be replayed; its reason gives its size and digest): id {shown}")  # fmt: skip
+    click.echo(line)
 
 
 @replay.command("spool")

@@ -36,9 +36,10 @@ class PoisonBatchError(Exception):
 def write_batch(batch_id: str) -> dict[str, Any]:
     """Decode, validate and write batch ``batch_id``; return after the commit.
 
-    Invalid events go to ``mes_dead_letters`` with their reason, in the same transaction
-    as the rest. The batch's list in Redis is deleted only after the commit, so a worker
-    that dies midway leaves it for the retry, and the ledger makes the retry harmless.
+    Invalid events, and events larger than the database takes (``event_limit``: they
+    are never sent to it), go to ``mes_dead_letters`` with their reason, bounded. The
+    batch's list in Redis is deleted only after the commit, so a worker that dies midway
+    leaves it for the retry, and the ledger makes the retry harmless.
 
     Raises:
         DatabaseUnavailable: RQ retries the job with backoff.
@@ -52,11 +53,12 @@ def write_batch(batch_id: str) -> dict[str, Any]:
         ctx.redis.zrem(ctx.keys.batches, batch_id)
         return {"events": 0}
     t_fetched = time.perf_counter()
+    limit = ctx.event_limit
     events: list[dict[str, Any]] = []
     dead: list[DeadLetter] = []
     for raw in items:
         try:
-            events.append(decode_event(raw))
+            events.append(decode_event(raw, limit=limit))
         except InvalidEvent as exc:
             dead.append(DeadLetter(payload=raw, reason=exc.reason, event_id=exc.event_id))
     if len(items) >= POISON_MIN_EVENTS and len(dead) > POISON_RATIO * len(items):
