@@ -215,3 +215,32 @@ def test_a_dead_letter_keeps_a_bounded_prefix_its_size_and_digest(size):
         assert str(size) in letter.reason and letter.fingerprint in letter.reason
     else:
         assert not letter.truncated and letter.payload == raw
+
+
+def test_a_connection_reset_by_one_event_is_isolated_while_the_database_answers(server_backend, monkeypatch):
+    """The server drops the connection whenever one event's rows are sent (as MariaDB
+    does after an oversize packet, reported as 'gone away'): not 'database unavailable':
+    the writer reconnects, dead-letters that event and commits the others."""
+    storage = server_backend.storage()
+    kill = (
+        "KILL CONNECTION_ID()"
+        if server_backend.name == "mysql"
+        else "SELECT pg_terminate_backend(pg_backend_pid())"
+    )
+    insert = storage.writer.bulk.insert
+
+    def resetting_insert(cur: Any, table: Any, columns: Any, rows: list[Any]) -> None:
+        if any("reset-me" in str(v) for row in rows for v in row):
+            cur.execute(kill)
+        insert(cur, table, columns, rows)
+
+    monkeypatch.setattr(storage.writer.bulk, "insert", resetting_insert)
+    resetter = chat("reset", [{"role": "user", "content": "reset-me"}], "ok", user_id=9)
+    others = [small_chat(user_id=n) for n in range(3, 6)]
+    result = storage.writer.write_isolating([others[0], resetter, *others[1:]], batch_id="b-reset")
+    applied = set(applied_events(storage))
+    assert {ev["event_id"] for ev in others} <= applied and resetter["event_id"] not in applied
+    (letter,) = dead_letters(storage)
+    assert letter["event_id"] == resetter["event_id"] and "closed the connection" in letter["reason"]
+    assert result.dead_lettered == 1 and result.applied == 3
+    assert_consistent(storage)
