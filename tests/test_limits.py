@@ -30,6 +30,7 @@ from .factories import assert_consistent, chat
 from .test_pipeline import applied_events, mes_settings, run_workers, settings_env
 
 KEPT_MAX = 64 << 10  # the most of a payload a dead letter may keep
+PROSE = "It's a long story, and the model didn't stop: "  # apostrophes, as real text has
 
 
 def big_chat(size: int, *, user_id: int = 1, fill: str = "x") -> dict[str, Any]:
@@ -79,7 +80,7 @@ def test_a_16mib_event_never_holds_back_another_users_small_one(backend, redis_s
     settings = mes_settings(backend, redis_server)
     storage = Storage.open(settings.database)
     producer = Producer(settings.producer)
-    big = big_chat(MAX_EVENT_BYTES - 64)  # just under MES's limit
+    big = big_chat(MAX_EVENT_BYTES - 64, fill=PROSE)  # just under MES's limit
     small = small_chat()
     assert MAX_EVENT_BYTES - 256 < len(orjson.dumps(big)) <= MAX_EVENT_BYTES
     producer.record_serialized(orjson.dumps(big))
@@ -169,7 +170,7 @@ def test_http_ingest_refuses_an_event_the_database_cannot_store_with_413(backend
     client = TestClient(create_app(services=services))
     headers = {"Authorization": f"Bearer {newapi.OPERATOR_KEY}"}
     # MariaDB's default max_allowed_packet refuses this one; the others, anything over MES's contract
-    big = big_chat(MAX_EVENT_BYTES - 64 if backend.name == "mysql" else MAX_EVENT_BYTES + 1024)
+    big = big_chat(MAX_EVENT_BYTES - 64 if backend.name == "mysql" else MAX_EVENT_BYTES + 1024, fill=PROSE)
     small = small_chat()
     r = client.post("/api/v1/events", content=json.dumps({"events": [big, small]}), headers=headers)
     assert r.status_code == 207, r.text
