@@ -254,6 +254,9 @@ class Producer:
 
     def record_serialized(self, data: bytes) -> None:
         """Record an event already serialized as JSON (the HTTP ingest route uses this)."""
+        if len(data) > MAX_EVENT_BYTES:
+            self._refuse(data, None)
+            return
         self._record_bytes(data)
 
     def send_now(self, items: list[bytes]) -> str:
@@ -286,13 +289,14 @@ class Producer:
 
     # -- recording ---------------------------------------------------------------------
     def _record(self, event: Mapping[str, Any]) -> None:
-        self._record_bytes(serialize(event), event.get("event_id"))
-
-    def _record_bytes(self, data: bytes, event_id: Any = None) -> None:
-        s = self.settings
+        data = serialize(event)
         if len(data) > MAX_EVENT_BYTES:
-            self._refuse(data, event_id)
+            self._refuse(data, event.get("event_id"))
             return
+        self._record_bytes(data)
+
+    def _record_bytes(self, data: bytes) -> None:
+        s = self.settings
         with self._lock:
             self._recorded += 1
             if not self._closed and (
