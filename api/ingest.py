@@ -4,7 +4,9 @@ The body is ``{"events": [event, ...]}`` (v1 events, see ``schemas/CONTRACT.md``
 ``event_id``, ``schema_version`` and ``occurred_at`` may be left out and are filled in).
 Each event is checked on its own: the answer lists, per event, ``accepted`` or
 ``rejected`` with the reason, so one bad event does not fail the others (200 when all
-are accepted, 207 otherwise). Accepted events are durable before the answer: pushed to
+are accepted, 207 otherwise). An event larger than the MES database can store (MES's
+limit, or less: MySQL's ``max_allowed_packet``) is rejected with ``"code": 413``; when
+every event is, the answer is 413. Accepted events are durable before the answer: pushed to
 Redis, or written and fsynced to the API's spool when Redis refuses (re-sent later).
 A user's token records only that user's events; admins and the operator key record any.
 """
@@ -21,6 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from ..core.errors import InvalidEvent
 from ..core.log import get_logger
 from ..schemas import decode_event, new_event_id
+from ..schemas.limits import CONTRACT_LIMIT, EventTooLarge, SizeLimit
+from ..storage.engine import event_limit
 from .auth import Principal
 from .deps import Caller, JSONResponse, services_of
 from .params import ApiError
@@ -52,9 +56,10 @@ _BODY_SCHEMA = {
 
 
 def prepare_events(
-    events: list[Any], caller: Principal, now_ms: int
+    events: list[Any], caller: Principal, now_ms: int, *, limit: SizeLimit = CONTRACT_LIMIT
 ) -> tuple[list[bytes], list[dict[str, Any]]]:
-    """Check each event; returns the accepted ones serialized, and a result per event."""
+    """Check each event; returns the accepted ones serialized, and a result per event.
+    An event larger than ``limit`` (what the database takes) is rejected with ``code`` 413."""
     accepted: list[bytes] = []
     results: list[dict[str, Any]] = []
     for index, event in enumerate(events):
@@ -72,7 +77,9 @@ def prepare_events(
         result["event_id"] = event["event_id"]
         try:
             data = orjson.dumps(event)
-            decode_event(data)  # exactly the check the worker makes
+            decode_event(data, limit=limit)  # exactly the check the worker makes
+        except EventTooLarge as exc:
+            result.update(status="rejected", reason=exc.reason, code=413)
         except InvalidEvent as exc:
             result.update(status="rejected", reason=exc.reason)
         except (TypeError, orjson.JSONEncodeError) as exc:
@@ -126,7 +133,10 @@ def ingest_router() -> APIRouter:
             raise ApiError(
                 413, f"{len(events)} events: at most {limits.ingest_max_events} per request", "too_large"
             )
-        accepted, results = await run_in_threadpool(prepare_events, events, caller, int(time.time() * 1000))
+        limit = await run_in_threadpool(event_limit, svc.reader.storage.engine)  # cached: asks rarely
+        accepted, results = await run_in_threadpool(
+            prepare_events, events, caller, int(time.time() * 1000), limit=limit
+        )
         durable = None
         if accepted:
             try:
@@ -143,6 +153,8 @@ def ingest_router() -> APIRouter:
             "stored_in": durable,
             "results": results,
         }
-        return JSONResponse(body_out, status_code=200 if n_ok == len(results) else 207)
+        too_large = not n_ok and all(r.get("code") == 413 for r in results)
+        status = 200 if n_ok == len(results) else 413 if too_large else 207
+        return JSONResponse(body_out, status_code=status)
 
     return router

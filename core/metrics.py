@@ -20,6 +20,7 @@ __all__ = [
     "API_LATENCY",
     "BATCHES",
     "BATCH_SECONDS",
+    "BRAKED_EVENTS",
     "DEAD_LETTERS",
     "PARTITIONS_CREATED",
     "ROWS",
@@ -59,6 +60,11 @@ BATCH_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 DEAD_LETTERS = Counter("mes_worker_dead_letters_total", "events set aside as dead letters")
+BRAKED_EVENTS = Counter(
+    "mes_worker_braked_events",
+    "invalid events of mostly invalid batches: held by the poison brake, or released by a replay",
+    ["state"],  # held, released
+)
 PARTITIONS_CREATED = Counter("mes_partitions_created_total", "daily tables this process created")
 
 

@@ -155,11 +155,19 @@ class _QueueTools:
 def replay_failed(job_ids: tuple[str, ...], older_than: str | None) -> None:
     """Requeue jobs from RQ's failed registry (all by default). `rq requeue --all
     --serializer rq.serializers.JSONSerializer --queue mes` does the same."""
+    from mes.worker.brake import held
     from mes.worker.replay import replay_failed_jobs
 
     tools = _QueueTools()
+    braked = held(tools.redis, tools.settings.queue.queue_name)
     done = replay_failed_jobs(tools.queue, job_ids=job_ids or None, older_than_s=_seconds(older_than))
-    click.echo(f"requeued {len(done)} failed job(s)")
+    released = [job_id for job_id in done if job_id in braked]
+    line = f"requeued {len(done)} failed job(s)"
+    if released:
+        events = sum(int(braked[j].get("invalid") or 0) for j in released)
+        line += (f"; {len(released)} held by the poison brake: their {events} invalid event(s) become "
+                 "dead letters unless the workers accept them now")  # fmt: skip
+    click.echo(line)
 
 
 @replay.command("dead-letters")
@@ -173,10 +181,15 @@ def replay_dead(ids: tuple[int, ...]) -> None:
     tools = _QueueTools()
     storage = Storage.open(tools.settings.database)
     try:
-        count = replay_dead_letters(storage, tools.redis, tools.keys, ids=ids or None)
+        done = replay_dead_letters(storage, tools.redis, tools.keys, ids=ids or None)
     finally:
         storage.close()
-    click.echo(f"replayed {count} dead letter(s)")
+    line = f"replayed {done.replayed} dead letter(s)"
+    if done.truncated:
+        shown = ", ".join(map(str, done.truncated[:20])) + (", ..." if len(done.truncated) > 20 else "")
+        line += (f"; {len(done.truncated)} kept: truncated (the event was too large to keep whole, so it "
+                 f"cannot be replayed; its reason gives its size and digest): id {shown}")  # fmt: skip
+    click.echo(line)
 
 
 @replay.command("spool")

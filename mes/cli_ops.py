@@ -260,7 +260,24 @@ def _doctor_redis(report: _Report, settings: Any) -> Any:
                     "fix the cause (often the database), then: mes replay failed")  # fmt: skip
     else:
         report.line("OK", "failed jobs", "none")
+    _doctor_brake(report, client, settings.queue.queue_name)
     return client
+
+
+def _doctor_brake(report: _Report, client: Any, queue_name: str) -> None:
+    from mes.worker.brake import held
+
+    batches = held(client, queue_name)
+    if not batches:
+        report.line("OK", "poison brake", "not holding anything")
+        return
+    events = sum(int(b.get("invalid") or 0) for b in batches.values())
+    latest = max(batches.values(), key=lambda b: int(b.get("at") or 0))
+    report.line("WARN", "poison brake",
+                f"{len(batches)} batch(es) mostly invalid (a gateway deploy?): {events} invalid event(s) held, "
+                f"their valid events written; latest: {str(latest.get('example'))[:150]}",
+                "fix the gateway or upgrade the workers, then: mes replay failed "
+                "(what is still invalid becomes dead letters)")  # fmt: skip
 
 
 def _doctor_dead_letters(report: _Report, storage: Any) -> None:
@@ -350,17 +367,19 @@ def doctor() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 def stats(days: int, as_json: bool) -> None:
-    """Queue depth, failed jobs, dead letters, messages and errors per recent day, totals."""
+    """Queue depth, failed jobs, what the poison brake holds, dead letters, messages and
+    errors per recent day, totals."""
     import orjson
     import redis
     from sqlalchemy import func, select
 
     from mes.core.days import date_of_int, day_int
     from mes.core.queue import queue_figures
+    from mes.worker.brake import figures as braked_figures
 
     settings = _settings()
     storage = _open_storage(settings)
-    out: dict[str, Any] = {"queue": None}
+    out: dict[str, Any] = {"queue": None, "braked": None}
     try:
         s, c, d = storage.catalog.daily_stats, storage.catalog.conversations, storage.catalog.dead_letters
         since = day_int(storage.calendar.today() - dt.timedelta(days=days - 1))
@@ -386,6 +405,7 @@ def stats(days: int, as_json: bool) -> None:
                 settings.queue.redis_url, socket_timeout=3, socket_connect_timeout=3
             )
             out["queue"] = queue_figures(client, settings.queue.queue_name)
+            out["braked"] = braked_figures(client, settings.queue.queue_name)
             client.close()
         except redis.RedisError as exc:
             out["queue"] = {"error": str(exc)}
@@ -400,6 +420,10 @@ def stats(days: int, as_json: bool) -> None:
         click.echo(f"queue: unreachable ({q['error']})")
     else:
         click.echo("queue: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in q.items()))
+    b = out["braked"]
+    if b is not None:
+        click.echo(f"braked: {b['events']} invalid event(s) in {b['batches']} batch(es) held by the poison brake"
+                   + (" (see mes doctor; release: mes replay failed)" if b["batches"] else ""))  # fmt: skip
     click.echo(f"dead letters: {out['dead_letters']}")
     t = out["totals"]
     click.echo(f"totals: {out['conversations']} conversations, {t['messages']} messages, {t['requests']} requests, "

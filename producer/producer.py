@@ -11,8 +11,9 @@ own RQ job.
 
 When Redis fails, batches go to the on-disk spool and are re-sent when Redis answers.
 When the buffer itself is full (``MES_BUFFER_MAX_EVENTS`` / ``_BYTES``), the calling
-thread appends the event to the spool itself. The only way an event is lost is a spool
-that cannot be written (disk full): it is counted in ``dropped`` and logged as an error.
+thread appends the event to the spool itself. An event is lost only when the spool
+cannot be written (disk full) or the event is over MES's size limit (``MAX_EVENT_BYTES``,
+which no MES stores): it is counted in ``dropped`` and logged as an error.
 
 Safe from many threads and from asyncio code (a call never blocks on I/O). After a
 ``fork`` the child starts with an empty buffer and its own thread; the parent flushes
@@ -39,6 +40,7 @@ import orjson
 from ..core.log import get_logger
 from ..core.settings import ProducerSettings
 from ..schemas.ids import new_event_id
+from ..schemas.limits import MAX_EVENT_BYTES
 from .batcher import Batcher
 from .spool import Spool
 
@@ -253,6 +255,9 @@ class Producer:
 
     def record_serialized(self, data: bytes) -> None:
         """Record an event already serialized as JSON (the HTTP ingest route uses this)."""
+        if len(data) > MAX_EVENT_BYTES:
+            self._refuse(data, None)
+            return
         self._record_bytes(data)
 
     def send_now(self, items: list[bytes]) -> str:
@@ -285,7 +290,11 @@ class Producer:
 
     # -- recording ---------------------------------------------------------------------
     def _record(self, event: Mapping[str, Any]) -> None:
-        self._record_bytes(serialize(event))
+        data = serialize(event)
+        if len(data) > MAX_EVENT_BYTES:
+            self._refuse(data, event.get("event_id"))
+            return
+        self._record_bytes(data)
 
     def _record_bytes(self, data: bytes) -> None:
         s = self.settings
@@ -305,6 +314,25 @@ class Producer:
                     self._start_thread()
                 return
         self._spill(data)
+
+    def _refuse(self, data: bytes, event_id: Any) -> None:
+        """An event over MES's contract limit: no MES database stores it, so it is dropped
+        here, counted in ``dropped`` and logged with the reason, instead of crossing
+        Redis only to be dead-lettered.
+
+        Why the contract limit and not the database's (MySQL's ``max_allowed_packet`` may
+        be lower): the producer has no database access, and the worker's door, which every
+        event passes whoever sent it, refuses what the database cannot take and keeps a
+        dead letter of it (a prefix, its size, digest and the reason), where ``mes
+        doctor`` shows it and the operator who can raise the server's limit looks. A limit
+        relayed through Redis would be one more wire key to keep true, and a stale one
+        would drop here, with no trace in MES, events the database takes by now.
+        """
+        with self._lock:
+            self._recorded += 1
+            self._dropped += 1
+        log.error("event_dropped", reason="too large", event_id=event_id if isinstance(event_id, str) else None,
+                  size=len(data), max_bytes=MAX_EVENT_BYTES)  # fmt: skip
 
     def _spill(self, data: bytes) -> None:
         """The buffer is full (or the producer closed): the caller's thread writes to disk."""

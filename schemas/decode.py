@@ -2,7 +2,8 @@
 
 The worker calls :func:`decode_event` on every item it takes from Redis, whoever wrote
 it. Rules that JSON Schema cannot say are checked here and written down in
-``schemas/CONTRACT.md``: the size limit, no NUL character (PostgreSQL cannot store it, so
+``schemas/CONTRACT.md``: the size limit (MES's, and the database's when the caller
+passes what it learned: see ``limits``), no NUL character (PostgreSQL cannot store it, so
 no backend accepts it), and ``occurred_at`` at most a day in the future.
 
 The dict returned is the event exactly as sent (so storage is lossless); the rules of
@@ -21,10 +22,10 @@ from pydantic import ValidationError
 
 from ..core.errors import InvalidEvent
 from .check import EVENT_CHECK
+from .limits import CONTRACT_LIMIT, MAX_EVENT_BYTES, SizeLimit
 
 __all__ = ["MAX_EVENT_BYTES", "decode_event", "validate_event"]
 
-MAX_EVENT_BYTES = 16 << 20
 FUTURE_SLACK_MS = 24 * 3600 * 1000
 _ADAPTER = EVENT_CHECK  # the models' rules as TypedDicts: same verdicts, ~2/3 of the cost (see check)
 # An escaped NUL (\u0000) preceded by an even number of backslashes is a real NUL;
@@ -42,6 +43,17 @@ def _event_id_of(data: Any) -> str | None:
         if isinstance(value, str) and len(value) <= 64:
             return value
     return None
+
+
+def _event_id_of_large(data: bytes) -> str | None:
+    """The event id of an event refused for its size, for its dead letter (parsing a
+    few tens of MB costs tens of ms: rare enough; beyond that, none)."""
+    if len(data) > 4 * MAX_EVENT_BYTES:
+        return None
+    try:
+        return _event_id_of(orjson.loads(data))
+    except orjson.JSONDecodeError:
+        return None
 
 
 _TYPE_NAME = re.compile(r"^(str|int|bool|float|none|list\[.*\]|dict\[.*\]|function-.*|[A-Z]\w*)$")
@@ -89,15 +101,19 @@ def validate_event(data: Any, *, now_ms: Callable[[], int] = _clock_ms) -> dict[
     return data
 
 
-def decode_event(raw: bytes | str, *, now_ms: Callable[[], int] = _clock_ms) -> dict[str, Any]:
-    """Decode one event from JSON bytes and validate it.
+def decode_event(
+    raw: bytes | str, *, now_ms: Callable[[], int] = _clock_ms, limit: SizeLimit = CONTRACT_LIMIT
+) -> dict[str, Any]:
+    """Decode one event from JSON bytes and validate it; ``limit`` is the size the
+    database takes (``storage.engine.event_limit``), MES's contract limit by default.
 
     Raises:
-        InvalidEvent: not JSON, too large, contains NUL, or fails the contract.
+        EventTooLarge: (an ``InvalidEvent``) over ``limit``; nothing else is checked.
+        InvalidEvent: not JSON, contains NUL, or fails the contract.
     """
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if len(data) > MAX_EVENT_BYTES:
-        raise InvalidEvent(f"the event is {len(data)} bytes; the limit is {MAX_EVENT_BYTES}")
+    if limit.refusal(data) is not None:
+        limit.check(data, _event_id_of_large(data))
     try:
         decoded = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

@@ -4,7 +4,8 @@
 SQLAlchemy engine with the seed's pool variables applied. ``bootstrap_database`` makes
 the database exist: MySQL/MariaDB ``CREATE DATABASE IF NOT EXISTS`` in utf8mb4;
 PostgreSQL ``CREATE DATABASE`` if the role may (else one line saying how); SQLite creates
-the folder and uses WAL.
+the folder and uses WAL. ``event_limit(engine)`` asks the server how large an event it
+can store.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import threading
 import time
+import weakref
 from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event, text
@@ -23,8 +26,9 @@ from ..core.dsn import DatabaseConfig
 from ..core.errors import ConfigError, DatabaseUnavailable
 from ..core.log import get_logger
 from ..core.settings import DatabaseSettings
+from ..schemas.limits import CONTRACT_LIMIT, MAX_EVENT_BYTES, SizeLimit
 
-__all__ = ["bootstrap_database", "create_engine_for", "sqlalchemy_url"]
+__all__ = ["bootstrap_database", "create_engine_for", "event_limit", "sqlalchemy_url"]
 
 log = get_logger("mes.storage")
 
@@ -255,3 +259,68 @@ def _create_database(settings: DatabaseSettings) -> None:
         f"{var}: database {db.database!r} does not exist and role {db.user!r} may not create it; "
         f"run as a superuser: createdb -h {db.host or 'localhost'} -O {db.user or 'postgres'} {db.database}"
     ) from last
+
+
+# -- how large an event the database takes ------------------------------------------------
+# Room left in MySQL's packet for the statement around the largest value: the INSERT's
+# text, the row's other columns, and the rows pymysql packs with it (it starts a new
+# statement past 1 MB, so at most one large row travels in a statement).
+_PACKET_HEADROOM = 64 << 10
+LIMIT_MAX_AGE_S = 300.0
+_limits: weakref.WeakKeyDictionary[Engine, tuple[float, SizeLimit]] = weakref.WeakKeyDictionary()
+_limits_lock = threading.Lock()
+
+
+def event_limit(engine: Engine, *, max_age_s: float = LIMIT_MAX_AGE_S) -> SizeLimit:
+    """The largest event this database can store, learned from the server and kept for
+    ``max_age_s`` (an operator who raises ``max_allowed_packet`` is heard within minutes).
+
+    MySQL/MariaDB: ``@@max_allowed_packet`` less room for the statement; SQLite:
+    ``SQLITE_LIMIT_LENGTH`` (10^9 unless compiled smaller); PostgreSQL: its 1 GB field limit.
+    Each is taken with MES's contract limit, whichever is smaller. Never raises: a
+    database that cannot be asked now gives the contract limit, and is asked again next
+    time (the writer still isolates what the server refuses).
+    """
+    now = time.monotonic()
+    with _limits_lock:
+        known = _limits.get(engine)
+    if known is not None and now - known[0] < max_age_s:
+        return known[1]
+    try:
+        limit = _learn_limit(engine)
+    except Exception as exc:  # asked again at the next call; the contract limit meanwhile
+        log.warning("event_limit_unknown", error=str(exc).splitlines()[0][:200] if str(exc) else repr(exc))
+        return known[1] if known is not None else CONTRACT_LIMIT
+    with _limits_lock:
+        _limits[engine] = (now, limit)
+    if known is None or known[1] != limit:
+        log.info("event_limit_learned", backend=engine.dialect.name, max_bytes=limit.max_bytes,
+                 source=limit.db_source or "MES's contract")  # fmt: skip
+    return limit
+
+
+def _learn_limit(engine: Engine) -> SizeLimit:
+    name = engine.dialect.name
+    if name in ("mysql", "mariadb"):
+        with engine.connect() as conn:
+            packet = int(conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one())
+        room = min(_PACKET_HEADROOM, packet // 4)
+        if packet - room >= 2 * MAX_EVENT_BYTES:
+            return CONTRACT_LIMIT  # even an event of quotes only fits
+        server = "MariaDB" if getattr(engine.dialect, "is_mariadb", False) else "MySQL"
+        return SizeLimit(
+            db_max_bytes=packet - room,
+            db_source=f"this {server} server (max_allowed_packet={packet}, less {room} for the statement)",
+            quotes_escaped=True,
+        )
+    if name == "sqlite":
+        with engine.connect() as conn:
+            dbapi = conn.connection.dbapi_connection
+            length = int(dbapi.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))  # type: ignore[union-attr]
+        # A row is assembled as one value: the limit binds the whole row, columns and all.
+        room = min(_PACKET_HEADROOM, length // 4)
+        if length - room >= MAX_EVENT_BYTES:
+            return CONTRACT_LIMIT
+        return SizeLimit(db_max_bytes=length - room, db_source=f"this SQLite (SQLITE_LIMIT_LENGTH={length})")
+    # PostgreSQL: a field holds up to 1 GB, and COPY streams the rows: the contract binds.
+    return CONTRACT_LIMIT

@@ -54,7 +54,7 @@ from .plan import (
 )
 from .transcript import Entry
 
-__all__ = ["BatchDataError", "BatchWriter", "DeadLetter", "WriteResult"]
+__all__ = ["BatchDataError", "BatchWriter", "ConnectionLost", "DeadLetter", "WriteResult", "is_truncated"]
 
 log = get_logger("mes.storage")
 
@@ -64,18 +64,63 @@ _STATS_KEYS = ("user_id", "day", "model_name")
 _DEAD_COLUMNS = ("created_at", "fingerprint", "event_id", "batch_id", "source", "reason", "payload")
 
 
+DEAD_PAYLOAD_MAX = 64 << 10  # what a dead letter keeps of its payload: writable on every backend
+REASON_MAX = 2000
+TRUNCATED_MARK = "[payload truncated:"
+
+
 @dataclasses.dataclass(frozen=True)
 class DeadLetter:
-    """An event kept aside: its raw bytes and why it could not be stored."""
+    """An event kept aside: why it could not be stored, and its raw bytes, bounded.
+
+    A dead letter must itself be writable whatever its event was: it keeps at most
+    ``DEAD_PAYLOAD_MAX`` bytes of the payload (a prefix), and ``size`` and ``fingerprint``
+    (blake2b-128, the dead letters' unique key) of the whole of it; the reason of a
+    truncated one says so, with both. The reason is cut to ``REASON_MAX`` characters of
+    valid text without NUL. ``size`` and ``fingerprint`` are given only to copy a dead
+    letter (``dataclasses.replace``); by default they are the payload's.
+    """
 
     payload: bytes
     reason: str
     event_id: str | None = None
     source: str = "worker"
+    size: int = -1
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        raw = bytes(self.payload)
+        size = len(raw) if self.size < 0 else self.size
+        fingerprint = self.fingerprint or blake2b(raw, digest_size=16).hexdigest()
+        kept = raw[:DEAD_PAYLOAD_MAX]
+        reason = _clean_text(self.reason)
+        if len(kept) < size and TRUNCATED_MARK not in reason:
+            note = (
+                f" {TRUNCATED_MARK} the first {len(kept)} of {size} bytes kept; "
+                f"blake2b-128 of all: {fingerprint}]"
+            )
+            reason = reason[: REASON_MAX - len(note)] + note
+        event_id = self.event_id if isinstance(self.event_id, str) and len(self.event_id) <= 64 else None
+        for name, value in (("payload", kept), ("size", size), ("fingerprint", fingerprint),
+                            ("reason", reason[:REASON_MAX]), ("event_id", event_id)):  # fmt: skip
+            object.__setattr__(self, name, value)
 
     @property
-    def fingerprint(self) -> str:
-        return blake2b(self.payload, digest_size=16).hexdigest()
+    def truncated(self) -> bool:
+        """Only a prefix of the event is kept: it cannot be replayed."""
+        return len(self.payload) < self.size
+
+
+def is_truncated(payload: bytes, fingerprint: str, reason: str) -> bool:
+    """Whether a stored dead letter kept only a prefix of its event (its fingerprint is
+    the whole event's, and its reason says so)."""
+    return TRUNCATED_MARK in reason and blake2b(bytes(payload), digest_size=16).hexdigest() != fingerprint
+
+
+def _clean_text(text: str) -> str:
+    """Text every backend stores: valid UTF-8 (lone surrogates replaced), no NUL, bounded."""
+    cut = text[: REASON_MAX * 2]
+    return cut.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\\0")
 
 
 @dataclasses.dataclass
@@ -101,6 +146,16 @@ class BatchDataError(MESError):
     """The database refused a value of this batch (too long, bad encoding, ...).
 
     Tied to one event, not to the database's health: split the batch to find it.
+    """
+
+
+class ConnectionLost(DatabaseUnavailable):
+    """The connection broke in the middle of the batch's statements.
+
+    Either the database went away, or it dropped this connection because of what was
+    sent (MySQL/MariaDB close the connection after a statement over ``max_allowed_packet``,
+    and the driver may report that as "server has gone away"). ``write_isolating`` tells
+    the two apart by asking the database whether it answers.
     """
 
 
@@ -183,26 +238,110 @@ class BatchWriter:
         *,
         batch_id: str | None = None,
     ) -> WriteResult:
-        """Like ``write``, but when the database refuses a value, split the batch in halves
-        until the event at fault is alone, and dead-letter it with the database's reason;
-        every other event still commits."""
+        """Like ``write``, but no event's value can fail or hold back the others.
+
+        When the database refuses a value, or drops the connection while it still answers
+        (MySQL/MariaDB do that after a statement over ``max_allowed_packet``), the events
+        are split (the largest alone, then in halves) until the one at fault is alone; it
+        is dead-lettered with the database's reason and every other event commits. The
+        dead letters are then written in their own transactions (bounded: see
+        ``DeadLetter``); one the database refuses even so is kept without its payload.
+
+        Raises:
+            DatabaseUnavailable: the database does not answer: retry later (what committed
+                is in the ledger, so the retry skips it).
+            BatchDataError: the database refused a dead letter without payload: a fault of
+                MES or of the database, not of an event.
+        """
         try:
             return self.write(events, dead_letters, batch_id=batch_id)
         except BatchDataError as exc:
-            if len(events) <= 1:
-                culprit = [
-                    DeadLetter(
-                        orjson.dumps(raw), f"the database refused this event: {exc}", str(raw.get("event_id"))
-                    )
-                    for raw in events
-                ]
-                result = self.write([], [*dead_letters, *culprit], batch_id=batch_id)
-                result.events = len(events)
-                return result
+            cause = str(exc)
+        except ConnectionLost as exc:
+            if not self._answers():
+                raise
+            cause = str(exc)
+        log.info("batch_isolating", batch_id=batch_id, events=len(events), reason=cause[:200])
+        culprits: list[DeadLetter] = []
+        result = WriteResult()
+        rest = list(events)
+        if len(rest) > 2:
+            # The largest event alone first: what the database refuses past validation is
+            # mostly a size (each try of a large one costs a second), and halving would
+            # send it again at every level.
+            sizes = [len(_serialized(ev)) for ev in rest]
+            result += self._isolate([rest.pop(sizes.index(max(sizes)))], batch_id, culprits)
+        if rest:
+            result += self._isolate(rest, batch_id, culprits)
+        return result + self._write_dead([*dead_letters, *culprits], batch_id)
+
+    def _isolate(
+        self, events: list[Mapping[str, Any]], batch_id: str | None, culprits: list[DeadLetter]
+    ) -> WriteResult:
+        """Write ``events``, halving them while the database refuses; an event it refuses
+        alone is added to ``culprits`` instead."""
+        lost = 0
+        while True:
+            try:
+                return self.write(events, (), batch_id=batch_id)
+            except BatchDataError as exc:
+                why = f"the database refused this event: {exc}"
+            except ConnectionLost as exc:
+                if not self._answers():
+                    raise
+                lost += 1
+                if len(events) == 1 and lost < 2:
+                    continue  # a reset may be a coincidence once; twice, alone, it is this event
+                why = (
+                    "the database closed the connection each time this event was sent, while it "
+                    "answered other statements (MySQL and MariaDB do so for a statement over "
+                    f"max_allowed_packet): {exc}"
+                )
+            break
+        if len(events) > 1:
             half = len(events) // 2
-            log.info("batch_split", batch_id=batch_id, events=len(events), reason=str(exc)[:200])
-            first = self.write_isolating(events[:half], dead_letters, batch_id=batch_id)
-            return first + self.write_isolating(events[half:], (), batch_id=batch_id)
+            log.info("batch_split", batch_id=batch_id, events=len(events), reason=why[:200])
+            first = self._isolate(events[:half], batch_id, culprits)
+            return first + self._isolate(events[half:], batch_id, culprits)
+        (event,) = events
+        letter = DeadLetter(_serialized(event), why, _event_id(event))
+        log.warning("event_refused", batch_id=batch_id, event_id=letter.event_id, size=letter.size,
+                    reason=why[:300])  # fmt: skip
+        culprits.append(letter)
+        return WriteResult(events=1)
+
+    def _write_dead(self, dead: list[DeadLetter], batch_id: str | None) -> WriteResult:
+        """Write dead letters in one transaction, or in halves if the database refuses;
+        one it refuses alone is written without its payload."""
+        if not dead:
+            return WriteResult()
+        try:
+            return self.write([], dead, batch_id=batch_id)
+        except (BatchDataError, ConnectionLost) as exc:
+            if isinstance(exc, ConnectionLost) and not self._answers():
+                raise
+            if len(dead) > 1:
+                half = len(dead) // 2
+                return self._write_dead(dead[:half], batch_id) + self._write_dead(dead[half:], batch_id)
+            (letter,) = dead
+            if not letter.payload:
+                raise  # even a dead letter without payload is refused: nothing of an event's doing
+            log.error(
+                "dead_letter_stripped", batch_id=batch_id, event_id=letter.event_id, error=str(exc)[:300]
+            )
+            bare = dataclasses.replace(
+                letter, payload=b"", reason=f"{letter.reason} (the database refused its payload too: {exc})"
+            )
+            return self._write_dead([bare], batch_id)
+
+    def _answers(self) -> bool:
+        """Whether the database answers a trivial query now, on a sound connection."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception:  # any failure: it does not answer
+            return False
+        return True
 
     # -- the transaction -------------------------------------------------------------
     def _transaction(
@@ -284,10 +423,14 @@ class BatchWriter:
 
     def _fail(self, conn: Any, exc: Exception) -> None:
         kind = self.bulk.classify(exc)
+        lost = False
         try:
             conn.rollback()
             self.bulk.after_transaction(conn.driver_connection, committed=False)
         except Exception:  # the connection is gone: make the pool forget it
+            # A data error stays one even when the server hung up after it (MySQL does,
+            # after a packet over max_allowed_packet): it is the event's, not the server's.
+            lost = True
             kind = kind if kind in (ErrorKind.DATA, ErrorKind.RETRY) else ErrorKind.UNAVAILABLE
             conn.invalidate()
         finally:
@@ -295,6 +438,8 @@ class BatchWriter:
         if kind == ErrorKind.RETRY:
             raise _Retry(_first_line(exc)) from exc
         if kind == ErrorKind.UNAVAILABLE:
+            if lost:
+                raise ConnectionLost(f"the MES database failed: {_first_line(exc)}") from exc
             raise DatabaseUnavailable(f"the MES database failed: {_first_line(exc)}") from exc
         if kind == ErrorKind.DATA:
             raise BatchDataError(_first_line(exc)) from exc
@@ -377,6 +522,18 @@ class BatchWriter:
 
 class _Retry(Exception):
     """A transient conflict: run the whole transaction again."""
+
+
+def _serialized(event: Mapping[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(event)
+    except (TypeError, orjson.JSONEncodeError):  # not from the wire: keep what can be shown
+        return repr(event).encode("utf-8", "replace")
+
+
+def _event_id(event: Mapping[str, Any]) -> str | None:
+    value = event.get("event_id")
+    return value if isinstance(value, str) else None
 
 
 def _first_line(exc: BaseException) -> str:

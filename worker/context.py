@@ -3,6 +3,7 @@
 RQ calls the job function with the batch id only; the function finds the process's
 context here. ``mes worker`` installs it before the work loop, so every job of the
 process reuses one database pool (RQ's forking worker would open a connection per job).
+Building it also learns how large an event the database takes (``event_limit``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from rq import Queue
 
 from ..core.queue import Keys, make_queue
 from ..core.settings import Settings
+from ..schemas.limits import SizeLimit
 from ..storage import Storage
+from ..storage.engine import event_limit
 from .safety import MESJob
 
 __all__ = ["WorkerContext", "current", "install"]
@@ -29,16 +32,23 @@ class WorkerContext:
     keys: Keys
     queue: Queue
 
+    @property
+    def event_limit(self) -> SizeLimit:
+        """The largest event the database takes (learned at start-up, re-read every few minutes)."""
+        return event_limit(self.storage.engine)
+
     @classmethod
     def build(cls, settings: Settings, redis: Redis, storage: Storage | None = None) -> WorkerContext:
         name = settings.queue.queue_name
-        return cls(
+        ctx = cls(
             settings=settings,
             storage=storage if storage is not None else Storage.open(settings.database),
             redis=redis,
             keys=Keys(name),
             queue=make_queue(redis, name, job_class=MESJob),
         )
+        ctx.event_limit  # noqa: B018  (learned now, at start-up, not in the first job)
+        return ctx
 
     def close(self) -> None:
         self.storage.close()

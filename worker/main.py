@@ -56,9 +56,17 @@ def run_one(settings: Settings, *, burst: bool = False, name: str | None = None)
 
         from ..core.metrics import register_queue_collector
         from ..core.queue import queue_figures
+        from .brake import figures as braked
 
+        name = settings.queue.queue_name
         start_http_server(settings.api.metrics_port, addr="0.0.0.0")
-        register_queue_collector(lambda: queue_figures(redis, settings.queue.queue_name))
+        # and mes_queue_braked_{batches,events}: what the poison brake holds for a replay
+        register_queue_collector(
+            lambda: {
+                **queue_figures(redis, name),
+                **{f"braked_{k}": v for k, v in braked(redis, name).items()},
+            }
+        )
         log.info("metrics_listening", port=settings.api.metrics_port)
     try:
         attempt = 0

@@ -7,12 +7,16 @@ ones already applied, so replaying too much never duplicates a row.
   producer was fixed): back onto the queue; their events never left Redis.
 * Dead letters (events the worker rejected, after a fix to the worker or the data): their
   raw bytes go back onto the staging list and the dead-letter row is deleted; an event
-  that is still invalid comes back as a new dead letter.
+  that is still invalid comes back as a new dead letter. A dead letter that kept only a
+  prefix of its event (it was too large to keep whole) cannot be replayed: it stays,
+  and is listed as such.
+* Batches held by the poison brake are failed jobs: requeuing one releases it (see ``brake``).
 * Spool files (a producer that could not reach Redis and stopped before it re-sent them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -23,8 +27,17 @@ from sqlalchemy import bindparam, delete, select
 from ..core.queue import Keys
 from ..core.settings import ProducerSettings
 from ..storage import Storage
+from ..storage.writer import is_truncated
 
-__all__ = ["replay_dead_letters", "replay_failed_jobs", "replay_spool"]
+__all__ = ["DeadLetterReplay", "replay_dead_letters", "replay_failed_jobs", "replay_spool"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetterReplay:
+    """What ``replay_dead_letters`` did: how many went back, which could not (truncated)."""
+
+    replayed: int
+    truncated: list[int]
 
 
 def replay_failed_jobs(
@@ -49,15 +62,24 @@ def replay_failed_jobs(
     return done
 
 
-def replay_dead_letters(storage: Storage, redis: Any, keys: Keys, *, ids: Iterable[int] | None = None) -> int:
-    """Push dead letters (all, or the given row ids) back through the pipeline; returns how many."""
+def replay_dead_letters(
+    storage: Storage, redis: Any, keys: Keys, *, ids: Iterable[int] | None = None
+) -> DeadLetterReplay:
+    """Push dead letters (all, or the given row ids) back through the pipeline.
+
+    Those that kept only a prefix of their event are left in place: replaying a prefix
+    would only make a new dead letter, and lose the row that says what happened.
+    """
     table = storage.catalog.dead_letters
-    query = select(table.c.id, table.c.payload).order_by(table.c.id)
+    query = select(table.c.id, table.c.payload, table.c.fingerprint, table.c.reason).order_by(table.c.id)
     if ids is not None:
         query = query.where(table.c.id.in_(list(ids)))
     count = 0
     with storage.engine.connect() as conn:
         rows = conn.execute(query).fetchall()
+    truncated = [r.id for r in rows if is_truncated(bytes(r.payload), r.fingerprint, r.reason)]
+    skip = set(truncated)
+    rows = [r for r in rows if r.id not in skip]
     for start in range(0, len(rows), 500):
         chunk = rows[start : start + 500]
         redis.rpush(keys.staging, *[bytes(r.payload) for r in chunk])
@@ -67,7 +89,7 @@ def replay_dead_letters(storage: Storage, redis: Any, keys: Keys, *, ids: Iterab
                 {"ids": [r.id for r in chunk]},
             )
         count += len(chunk)
-    return count
+    return DeadLetterReplay(replayed=count, truncated=truncated)
 
 
 def replay_spool(settings: ProducerSettings, redis: Any = None) -> int:
