@@ -6,8 +6,11 @@
     ├── ConfigError          fix the configuration; retrying changes nothing
     ├── RetryableError       a backend is down or busy; the same call can succeed later
     │   ├── DatabaseUnavailable
+    │   │   └── ConnectionLost        (storage.writer) the server hung up mid-batch: if it
+    │   │                             still answers, one event may be at fault: isolate it
     │   └── QueueUnavailable
     └── InvalidEvent         the event itself is bad; never retry it, dead-letter it
+        └── EventTooLarge    (schemas.limits) larger than the MES database accepts
 
 The producer never raises any of these into the gateway's request path: it turns
 infrastructure faults into spooling. Workers let ``RetryableError`` fail the job (RQ

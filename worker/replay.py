@@ -102,7 +102,10 @@ def replay_spool(settings: ProducerSettings, redis: Any = None) -> int:
     total = 0
     try:
         for file in spool.ready_files():
-            total += spool.resend(file, transport.push) or 0
+            sent = spool.resend(
+                file, transport.push, max_events=settings.batch_max_events, max_bytes=settings.batch_max_bytes
+            )
+            total += sent or 0
     finally:
         transport.close()
     return total
