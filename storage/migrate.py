@@ -63,14 +63,17 @@ def migrate(storage: Storage) -> list[str]:
     """Bring the database to ``CURRENT``; returns what was done (empty: nothing to do)."""
     engine = storage.engine
     schema = _schema_table(MetaData())
-    try:
-        # IF NOT EXISTS, no look first: on SQLite a read that turns into a write in one
-        # transaction is refused at once ("database is locked") when another process writes.
-        with engine.execution_options(mes_write=True).begin() as conn:
-            conn.execute(CreateTable(schema, if_not_exists=True))
-    except DBAPIError:  # another process made it at the same moment
-        if not inspect(engine).has_table(schema.name):
-            raise
+    # A current database is only read: a worker starting while another process holds
+    # SQLite's write lock (or a long transaction) must not wait for it.
+    if not inspect(engine).has_table(schema.name):
+        try:
+            # In a write transaction of its own: on SQLite a read that turns into a write in
+            # one transaction is refused at once ("database is locked") when another writes.
+            with engine.execution_options(mes_write=True).begin() as conn:
+                conn.execute(CreateTable(schema, if_not_exists=True))
+        except DBAPIError:  # another process made it at the same moment
+            if not inspect(engine).has_table(schema.name):
+                raise
     if _version(engine, schema) >= CURRENT:
         return []
     with _locked(storage) as conn:

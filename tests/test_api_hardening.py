@@ -314,10 +314,10 @@ def test_a_large_ingest_is_parsed_and_checked_off_the_event_loop(tmp_path, redis
 
     real_prepare = ingest.prepare_events
 
-    def watched_prepare(*args: Any) -> Any:
+    def watched_prepare(*args: Any, **kwargs: Any) -> Any:
         if on_the_loop():
             on_loop.append("prepare_events")
-        return real_prepare(*args)
+        return real_prepare(*args, **kwargs)
 
     monkeypatch.setattr(ingest, "orjson", WatchedOrjson)
     monkeypatch.setattr(ingest, "prepare_events", watched_prepare)
