@@ -1,9 +1,12 @@
 """Planning a batch: from validated events and the current state of their conversations
-to the exact rows to insert and the exact index and rollup changes. Pure: no I/O.
+to the exact rows to insert and the exact index and rollup changes. No I/O of its own:
+the one read it may need (a conversation's stored rows, for a request that does not start
+with the conversation's tail) goes through the loader the writer passes in.
 
 The writer runs it inside its transaction, after locking the conversations the batch
-touches and reading which of the candidate message ids already exist, so the plan is
-exact: every row it lists is new, and the counters it adds equal the rows it inserts.
+touches, so the plan is exact: every row it lists is new (a message the request re-sends
+is matched to its stored row, see ``storage.transcript``), and the counters it adds equal
+the rows it inserts.
 That is what keeps the rollups equal to a recount of the rows at all times.
 """
 
