@@ -22,7 +22,9 @@ def blocks(text: str | None = None) -> list[tuple[str | None, str, str, int]]:
     for m in _FENCE.finditer(text):
         before = text[: m.start()]
         marker = _MARKER.search(before[-80:])
-        found.append((marker.group(1) if marker else None, m.group(1).strip(), m.group(2), before.count("\n") + 1))
+        found.append(
+            (marker.group(1) if marker else None, m.group(1).strip(), m.group(2), before.count("\n") + 1)
+        )
     return found
 
 
@@ -37,4 +39,6 @@ def commands(body: str) -> list[str]:
     """A shell block's commands: its lines without comments and blank lines, a trailing
     backslash joining the next line."""
     joined = re.sub(r"\\\n\s*", " ", body)
-    return [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import shlex
 import shutil
 import subprocess
 from typing import Any
@@ -18,6 +19,7 @@ from redis.connection import parse_url
 
 from mes.core.settings import Settings
 
+from . import readme
 from .conftest import missing
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -91,3 +93,33 @@ def test_compose_with_the_example_postgres_dsn(tmp_path):
         found = (db.backend, db.host, db.port, db.database, db.user, db.password)
         assert found == ("postgresql", "postgres", 5432, database, "postgres", password), (service, found)
         assert settings.main_db is not None and settings.main_db.database == "new-api"
+
+
+def test_readme_docker_commands_name_what_the_file_and_mes_have(tmp_path):
+    """The README's Docker commands need a Docker daemon (CI has none): each is checked
+    against docker-compose's rendering with its own options, not run."""
+    from mes.cli import main
+
+    checked = 0
+    for line in readme.commands(readme.example("docker")):
+        words = shlex.split(line.split("#", 1)[0])
+        assert words[:2] == ["docker", "compose"], line
+        words = words[2:]
+        profile = None
+        if words[0] == "--profile":
+            profile, words = words[1], words[2:]
+        rendered = _render(tmp_path, dot_env=_dot_env(), profile=profile)
+        services = rendered["services"]
+        if profile:
+            assert any(profile in s.get("profiles", []) for s in services.values()), line
+        command, args = words[0], words[1:]
+        if command == "up":
+            assert args[0] == "-d", line
+            for name in args[args.index("--scale") + 1 :: 2] if "--scale" in args else []:
+                assert name.split("=")[0] in services, line
+        else:
+            assert command == "exec", line
+            service, program, sub = args[0], args[1], args[2]
+            assert service in services and program == "mes" and sub in main.commands, line
+        checked += 1
+    assert checked == 4

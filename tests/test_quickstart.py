@@ -76,7 +76,9 @@ def _clone(tmp_path: pathlib.Path) -> pathlib.Path:
     git = shutil.which("git")
     if git is None or not (ROOT / ".git").exists():
         missing("git clone of the repository", "no git, or this tree is not a git checkout")
-    head = subprocess.run([git, "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    head = subprocess.run(
+        [git, "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    )
     clone = tmp_path / "mes"
     subprocess.run([git, "clone", "-q", "--no-checkout", str(ROOT), str(clone)], check=True, timeout=120)
     subprocess.run([git, "-C", str(clone), "checkout", "-q", head.stdout.strip()], check=True, timeout=120)
@@ -139,7 +141,12 @@ def test_quick_start_on_a_fresh_clone_and_venv(tmp_path):
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
         up = subprocess.Popen(
-            ["bash", "-c", run_cmd], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            ["bash", "-c", run_cmd],
+            cwd=clone,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         banner = _wait_ready(up, log, base)
@@ -183,6 +190,8 @@ def test_quick_start_on_a_fresh_clone_and_venv(tmp_path):
     # 2. the test command, reduced: its install as written, its pytest on the install tests
     #    (which build MES with this venv's pip and setuptools)
     reduced = test_cmd + " tests/test_install.py -p no:xdist -p no:cacheprovider -q"
-    done = subprocess.run(["bash", "-c", reduced], cwd=clone, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        ["bash", "-c", reduced], cwd=clone, env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert re.search(r"\b2 passed\b", done.stdout), done.stdout[-2000:]
