@@ -2,8 +2,9 @@
 ``python -m venv`` with the interpreter's own pip and setuptools (no upgrade: pip 23.2 and
 setuptools 65 on Python 3.11.7), and the README's two commands as it writes them.
 
-The first (install, then ``mes up``) runs in the background until ``mes up`` is ready; the
-README's gateway examples (``<!-- example: gateway-events -->``: one event through Redis,
+The first (install, then ``mes up``) runs in the background until ``mes up`` is ready;
+``mes demo`` runs beside it (the README's "second terminal, same folder"); the README's
+gateway examples (``<!-- example: gateway-events -->``: one event through Redis,
 one over HTTP) are sent to it as written, both conversations are read back over the API,
 and Ctrl-C (SIGINT to the command's process group, as a terminal sends it) stops it.
 The second (install the test extra, then ``python -m pytest``) runs in a reduced form:
@@ -153,6 +154,12 @@ def test_quick_start_on_a_fresh_clone_and_venv(tmp_path):
         key = (clone / "mes-data" / "api-key").read_text().strip()
         assert key.startswith("mes-") and key in banner, "the banner shows the operator key it made"
         (redis_url,) = set(re.findall(r"queue\s+(redis://\S+)", banner))
+
+        # "run `mes demo` in a second terminal (same folder)": it finds the running mes up
+        demo = subprocess.run(
+            ["mes", "demo"], cwd=clone, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert demo.returncode == 0, demo.stdout + demo.stderr
 
         # the README's first events, as written (the HTTP one to this run's port)
         block = readme.example("gateway-events")
