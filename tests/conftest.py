@@ -6,13 +6,27 @@ every such skip into a failure: CI never passes with a backend missing.
 
 Connection targets (override for your machine):
 ``MES_TEST_MYSQL`` (default ``root:@tcp(127.0.0.1:3306)/{db}``) and
-``MES_TEST_POSTGRES`` (default ``postgres://postgres@127.0.0.1:5432/{db}``), where
-``{db}`` is replaced by a per-process test database name.
+``MES_TEST_POSTGRES`` (default ``postgres://postgres@127.0.0.1:5432/{db}``).
+
+The run touches only what it creates. Every database and role it creates on a server is
+named with one prefix of its own, ``mes_t<run>_`` (``<run>``: 8 random hex digits, or
+``MES_TEST_DB_SUFFIX``), shared by the xdist workers: ``{db}`` becomes
+``mes_t<run>_<worker>`` (``main``, ``gw0``, ...) and names derived from it are
+``mes_t<run>_<worker>_<what>`` (see :func:`derived`). When the run ends, its controller drops
+every database and role on the two servers whose name starts with the prefix, and nothing
+else.
+
+A target without ``{db}`` names its database: the tests use exactly that one, empty it
+(drop its tables) before each test, never create or drop it, and skip the tests that need
+databases or roles of their own (:func:`needs_own_databases`); such a target cannot be
+shared by xdist workers, so ``-n`` is refused.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,13 +41,121 @@ from mes.storage.engine import sqlalchemy_url
 
 REQUIRE_ALL = os.environ.get("MES_TEST_REQUIRE_ALL", "") not in ("", "0", "false")
 BACKENDS = ("sqlite", "mysql", "postgresql")
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-# MES_TEST_DB_SUFFIX keeps two test runs on one machine out of each other's database.
-TEST_DB = f"mes_test_{os.environ.get('MES_TEST_DB_SUFFIX') or _WORKER}"
+VARIABLES = {"mysql": "MES_TEST_MYSQL", "postgresql": "MES_TEST_POSTGRES"}
 DSN_TEMPLATES = {
     "mysql": os.environ.get("MES_TEST_MYSQL", "root:@tcp(127.0.0.1:3306)/{db}"),
     "postgresql": os.environ.get("MES_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/{db}"),
 }
+
+
+class RunNames:
+    """The names this process may create on the servers; all start with ``prefix``."""
+
+    def __init__(self, run: str, worker: str) -> None:
+        self.run = run
+        self.prefix = f"mes_t{run}_"
+        self.worker = worker
+        self.database = self.prefix + worker  # what ``{db}`` becomes
+
+
+names: RunNames | None = None  # set by pytest_configure, before any test module is imported
+
+
+def run_names() -> RunNames:
+    assert names is not None, "tests.conftest.names is set by pytest_configure"
+    return names
+
+
+def __getattr__(attr: str) -> str:
+    # ``from .conftest import TEST_DB`` in a test module (imported after pytest_configure).
+    if attr == "TEST_DB":
+        return run_names().database
+    raise AttributeError(attr)
+
+
+def derived(what: str) -> str:
+    """A database or role name of this run's for ``what`` (e.g. ``nocreate``)."""
+    return f"{run_names().database}_{what}"
+
+
+def explicit_database(backend: str) -> str | None:
+    """The database ``MES_TEST_MYSQL``/``MES_TEST_POSTGRES`` names, or None if it has ``{db}``."""
+    template = DSN_TEMPLATES[backend]
+    if "{db}" in template:
+        return None
+    return parse_dsn(template, variable=VARIABLES[backend], data_dir=".").database
+
+
+def needs_own_databases(backend: str, what: str) -> None:
+    """Skip this test where the target names its database: it would need ``what``."""
+    name = explicit_database(backend)
+    if name is not None:
+        pytest.skip(
+            f"{VARIABLES[backend]} names the database {name!r}, the only one the tests use there; "
+            f"this test needs {what}"
+        )
+
+
+def _run_id() -> str:
+    suffix = os.environ.get("MES_TEST_DB_SUFFIX", "")
+    if not suffix:
+        return secrets.token_hex(4)
+    if not re.fullmatch(r"[a-z0-9]{1,20}", suffix):
+        raise pytest.UsageError(
+            f"MES_TEST_DB_SUFFIX={suffix!r}: use 1 to 20 lowercase letters and digits "
+            "(it names this run's databases mes_t<suffix>_<worker>)"
+        )
+    return suffix
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global names
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # an xdist worker: the controller's run, this worker's id
+        names = RunNames(workerinput["mes_test_run"], workerinput["workerid"])
+        return
+    names = RunNames(_run_id(), "main")
+    if config.getoption("dist", "no") != "no":
+        for backend in VARIABLES:
+            name = explicit_database(backend)
+            if name is not None:
+                raise pytest.UsageError(
+                    f"{VARIABLES[backend]} names one database ({name!r}), which xdist workers cannot "
+                    "share: run without -n, or put {db} in it"
+                )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: every worker uses this run's prefix."""
+    node.workerinput["mes_test_run"] = run_names().run
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"mes test databases: {run_names().prefix}* (created by this run, dropped at its end)"]
+    for backend, variable in VARIABLES.items():
+        name = explicit_database(backend)
+        if name is not None:
+            lines.append(
+                f"mes test databases: {backend} uses only {name!r} ({variable}): emptied, never dropped"
+            )
+    return lines
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
+    """The controller drops what the run created, after the xdist workers have stopped."""
+    try:
+        return (yield)
+    finally:
+        if not hasattr(session.config, "workerinput"):
+            problems = drop_run_objects(run_names().prefix)
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            for problem in problems:
+                if reporter is not None:
+                    reporter.write_line(f"mes test databases: {problem}", yellow=True)
+
+
 _unavailable: dict[str, str | None] = {}
 
 
@@ -46,8 +168,13 @@ def missing(what: str, reason: str) -> None:
 
 
 def _server_engine(backend: str) -> Any:
-    db = parse_dsn(DSN_TEMPLATES[backend].format(db=TEST_DB), variable="MES_TEST", data_dir=".")
-    maintenance = None if backend == "mysql" else "postgres"
+    """The server, through its maintenance database; a named database: through that one."""
+    template = DSN_TEMPLATES[backend]
+    db = parse_dsn(template.format(db=run_names().database), variable=VARIABLES[backend], data_dir=".")
+    if explicit_database(backend) is not None:
+        maintenance = db.database
+    else:
+        maintenance = None if backend == "mysql" else "postgres"
     args = {"connect_timeout": 3}
     kwargs: dict[str, Any] = {"poolclass": NullPool, "connect_args": args}
     if backend == "postgresql":
@@ -68,15 +195,85 @@ def _check(backend: str) -> str | None:
     return _unavailable[backend]
 
 
-def reset_database(backend: str, name: str = TEST_DB) -> None:
-    """Drop the test database so each test starts from nothing (and bootstrap is exercised)."""
+def _quote(backend: str, name: str) -> str:
+    if backend == "mysql":
+        return "`" + name.replace("`", "``") + "`"
+    return '"' + name.replace('"', '""') + '"'
+
+
+def reset_database(backend: str, name: str | None = None) -> None:
+    """Drop the test database so each test starts from nothing (and bootstrap is exercised).
+
+    Only names of this run's are dropped; a database the target names is emptied instead."""
+    explicit = explicit_database(backend)
+    if explicit is not None and name in (None, explicit):
+        _empty_database(backend)
+        return
+    name = name or run_names().database
+    assert name.startswith(run_names().prefix), f"{name!r} is not this run's to drop"
+    engine = _server_engine(backend)
+    with engine.connect() as conn:
+        force = " WITH (FORCE)" if backend == "postgresql" else ""
+        conn.execute(text(f"DROP DATABASE IF EXISTS {_quote(backend, name)}{force}"))
+    engine.dispose()
+
+
+def _empty_database(backend: str) -> None:
+    """Drop every table and view of the database the target names (it stays)."""
     engine = _server_engine(backend)
     with engine.connect() as conn:
         if backend == "mysql":
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+            where = "TABLE_SCHEMA = DATABASE()"
+            conn.execute(text("SET FOREIGN_KEY_CHECKS = 0"))
         else:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            where = "table_schema = current_schema()"
+        found = conn.execute(
+            text(f"SELECT table_name, table_type FROM information_schema.tables WHERE {where}")
+        ).all()
+        for table, kind in found:
+            what = "VIEW" if kind == "VIEW" else "TABLE"
+            cascade = " CASCADE" if backend == "postgresql" else ""
+            conn.execute(text(f"DROP {what} IF EXISTS {_quote(backend, table)}{cascade}"))
+        conn.commit()
     engine.dispose()
+
+
+def run_objects(backend: str, prefix: str, conn: Any) -> tuple[list[str], list[str]]:
+    """The databases and roles (MySQL: ``'user'@'host'``) on a server whose names start with
+    ``prefix``: nothing else is listed."""
+    n = {"p": prefix, "n": len(prefix)}
+    if backend == "mysql":
+        dbs = "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE LEFT(SCHEMA_NAME, :n) = BINARY :p"
+        users = "SELECT User, Host FROM mysql.user WHERE LEFT(User, :n) = BINARY :p"
+        roles = [f"'{user}'@'{host}'" for user, host in conn.execute(text(users), n)]
+    else:
+        dbs = "SELECT datname FROM pg_database WHERE left(datname, :n) = :p"
+        found = conn.execute(text("SELECT rolname FROM pg_roles WHERE left(rolname, :n) = :p"), n)
+        roles = [_quote(backend, role) for (role,) in found]
+    return sorted(name for (name,) in conn.execute(text(dbs), n)), sorted(roles)
+
+
+def drop_run_objects(prefix: str) -> list[str]:
+    """Drop this run's databases, then its roles, on both servers; what could not be done."""
+    problems: list[str] = []
+    for backend in VARIABLES:
+        if explicit_database(backend) is not None or _check(backend) is not None:
+            continue  # the run created nothing on that server (or could not reach it)
+        try:
+            engine = _server_engine(backend)
+            with engine.connect() as conn:
+                databases, roles = run_objects(backend, prefix, conn)
+                for name in databases:
+                    force = " WITH (FORCE)" if backend == "postgresql" else ""
+                    conn.execute(text(f"DROP DATABASE IF EXISTS {_quote(backend, name)}{force}"))
+                for role in roles:
+                    conn.execute(text(f"DROP {'USER' if backend == 'mysql' else 'ROLE'} IF EXISTS {role}"))
+                if backend == "mysql":
+                    conn.commit()
+            engine.dispose()
+        except Exception as exc:  # reported, not raised: the tests' outcome stands
+            problems.append(f"{backend}: could not drop {prefix}*: {str(exc).splitlines()[0]}")
+    return problems
 
 
 class Backend:
@@ -91,7 +288,7 @@ class Backend:
     def dsn(self) -> str:
         if self.name == "sqlite":
             return f"sqlite:///{self.tmp_path / 'db' / 'mes.db'}"
-        return DSN_TEMPLATES[self.name].format(db=TEST_DB)
+        return DSN_TEMPLATES[self.name].format(db=run_names().database)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {"MES_SQL_DSN": self.dsn, "MES_DATA_DIR": str(self.tmp_path / "data")}
@@ -127,7 +324,7 @@ class Backend:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
-    """Each test using this runs once per backend, on a freshly dropped database."""
+    """Each test using this runs once per backend, on a freshly dropped (or emptied) database."""
     name = request.param
     if name != "sqlite":
         reason = _check(name)

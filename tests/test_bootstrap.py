@@ -15,11 +15,22 @@ from mes.core.errors import ConfigError
 from mes.storage import Storage
 from mes.storage.engine import sqlalchemy_url
 
-from .conftest import TEST_DB, Backend, _check, _server_engine, missing, reset_database
+from .conftest import (
+    Backend,
+    _check,
+    _server_engine,
+    derived,
+    missing,
+    needs_own_databases,
+    reset_database,
+    run_names,
+)
 from .factories import chat
 
 
 def test_database_is_created_if_missing(backend):
+    if backend.name != "sqlite":
+        needs_own_databases(backend.name, "a database it may drop")
     storage = backend.storage()  # the fixture dropped the database (or SQLite's folder is new)
     with storage.engine.connect() as conn:
         if backend.name == "mysql":
@@ -28,7 +39,7 @@ def test_database_is_created_if_missing(backend):
                 "WHERE SCHEMA_NAME = DATABASE()")).one()  # fmt: skip
             assert (charset, collation) == ("utf8mb4", "utf8mb4_unicode_ci")
         elif backend.name == "postgresql":
-            assert conn.execute(text("SELECT current_database()")).scalar_one() == TEST_DB
+            assert conn.execute(text("SELECT current_database()")).scalar_one() == run_names().database
             assert conn.execute(text("SHOW server_encoding")).scalar_one() == "UTF8"
         else:
             assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
@@ -61,6 +72,8 @@ def _open_together(settings: Any, count: int) -> list[BaseException]:
 def test_processes_starting_together_on_a_missing_database_all_start(backend):
     """A worker and the API started at once both find the database missing and race to
     create it, then its tables: every one of them must come up."""
+    if backend.name != "sqlite":
+        needs_own_databases(backend.name, "a database it may drop")
     for _ in range(3):
         if backend.name != "sqlite":
             reset_database(backend.name)
@@ -72,28 +85,28 @@ def postgres_backend(tmp_path):
     reason = _check("postgresql")
     if reason:
         missing("postgresql", reason)
+    needs_own_databases("postgresql", "a role of its own")
     reset_database("postgresql")
     yield Backend("postgresql", tmp_path)
 
 
 def test_postgres_role_that_may_not_create_databases_gets_one_line_saying_how(postgres_backend):
     server_backend = postgres_backend
+    role = database = derived("nocreate")  # this run's names: the run drops them at its end
     admin = _server_engine("postgresql")
     with admin.connect() as conn:
-        conn.execute(text("DROP ROLE IF EXISTS mes_nocreate"))
-        conn.execute(text("CREATE ROLE mes_nocreate LOGIN NOCREATEDB"))
+        conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN NOCREATEDB'))
     try:
         settings = server_backend.settings()
-        db = dataclasses.replace(
-            settings.db, user="mes_nocreate", password=None, database=TEST_DB + "_nocreate"
-        )
+        db = dataclasses.replace(settings.db, user=role, password=None, database=database)
         with pytest.raises(ConfigError) as caught:
             Storage.open(dataclasses.replace(settings, db=db))
         message = str(caught.value)
-        assert "\n" not in message and "createdb" in message.lower() and TEST_DB + "_nocreate" in message
+        assert "\n" not in message and "createdb" in message.lower() and database in message
     finally:
         with admin.connect() as conn:
-            conn.execute(text("DROP ROLE IF EXISTS mes_nocreate"))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
         admin.dispose()
 
 

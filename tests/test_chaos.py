@@ -13,6 +13,8 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "bench"))
 import chaos
 
+from .conftest import needs_own_databases
+
 pytestmark = pytest.mark.slow
 
 
@@ -21,6 +23,7 @@ def test_nothing_lost_nothing_duplicated_under_faults(backend):
             "--seconds", "30", "--db-outage", "4", "6", "--redis-cut", "2", "4", "--fault-gap", "3", "5",
             "--drain-timeout", "240", "--seed", "3"]  # fmt: skip
     if backend.name != "sqlite":
+        needs_own_databases(backend.name, "a database it may drop (the run drops it at its start and end)")
         args += ["--dsn", backend.dsn]
     result = chaos.run(args)
     assert result["recorded"] == 10000
