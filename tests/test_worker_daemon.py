@@ -1,5 +1,7 @@
-"""A worker is a daemon: Redis or the database down, at start or later, makes it wait,
-not exit; when they are back it carries on. SIGTERM while it waits stops it cleanly."""
+"""A worker is a daemon: Redis or the database down later (or at start, with
+MES_STARTUP_WAIT) makes it wait, not exit; when they are back it carries on. SIGTERM
+while it waits stops it cleanly. (Without MES_STARTUP_WAIT, a dependency down at start
+is one line and an exit: tests/test_startup.py.)"""
 
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def test_database_down_at_start_then_back(server_backend, redis_server, tmp_path
     storage = Storage.open(settings.database)
     proxy.cut()
     env = server_backend.env(REDIS_CONN_STRING=redis_server.url, MES_DAILY_PARTITION="true",
-                             MES_SQL_DSN=server_backend.proxied_dsn(proxy.port))  # fmt: skip
+                             MES_SQL_DSN=server_backend.proxied_dsn(proxy.port), MES_STARTUP_WAIT="600")  # fmt: skip
     with open(tmp_path / "worker.log", "ab") as log:
         worker = start_worker(env, log)
     try:
@@ -88,7 +90,7 @@ def test_database_down_at_start_then_back(server_backend, redis_server, tmp_path
 
 def test_sigterm_while_waiting_exits_cleanly(backend, redis_server, tmp_path):
     redis_server.stop()
-    env = backend.env(REDIS_CONN_STRING=redis_server.url, MES_DAILY_PARTITION="true")
+    env = backend.env(REDIS_CONN_STRING=redis_server.url, MES_DAILY_PARTITION="true", MES_STARTUP_WAIT="600")
     with open(tmp_path / "worker.log", "ab") as log:
         worker = start_worker(env, log)
     time.sleep(3)
