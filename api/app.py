@@ -36,7 +36,7 @@ from ..core.metrics import observe_api_request, register_queue_collector
 from ..core.settings import Settings
 from ..reader import BadCursor, HistoryReader
 from ..storage import Storage
-from . import openapi
+from . import docs, openapi
 from . import models as m
 from .auth import Authenticator, AuthError, Principal
 from .deps import Caller, JSONResponse
@@ -138,6 +138,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         summary="Chat history of an LLM API gateway (New API / One API)",
         default_response_class=JSONResponse,
         lifespan=lifespan,
+        docs_url=None,  # served offline instead: see docs.install
+        redoc_url=None,
     )
     if services is not None:
         app.state.services = services  # usable without running the lifespan
@@ -148,6 +150,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     app.include_router(ingest_router())
     openapi.install(app)
+    docs.install(app)
     return app
 
 
