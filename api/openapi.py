@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from .models import ErrorBody
 
-__all__ = ["SECURITY_SCHEMES", "install", "responses", "secured"]
+__all__ = ["AUTH_STATUSES", "SECURITY_SCHEMES", "install", "responses", "secured"]
 
 # New API's three ways in (see ``auth``): a token or the operator key as a Bearer
 # credential, or a management access token with the user it belongs to. One security
