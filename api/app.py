@@ -36,9 +36,12 @@ from ..core.metrics import observe_api_request, register_queue_collector
 from ..core.settings import Settings
 from ..reader import BadCursor, HistoryReader
 from ..storage import Storage
+from . import docs, openapi
+from . import models as m
 from .auth import Authenticator, AuthError, Principal
 from .deps import Caller, JSONResponse
 from .deps import services_of as _svc
+from .openapi import AUTH_STATUSES, responses, secured
 from .params import ApiError, check_text, parse_day, parse_time_ms, scope_user
 
 __all__ = ["Services", "create_app"]
@@ -135,6 +138,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         summary="Chat history of an LLM API gateway (New API / One API)",
         default_response_class=JSONResponse,
         lifespan=lifespan,
+        docs_url=None,  # served offline instead: see docs.install
+        redoc_url=None,
     )
     if services is not None:
         app.state.services = services  # usable without running the lifespan
@@ -144,6 +149,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     from .ingest import ingest_router
 
     app.include_router(ingest_router())
+    openapi.install(app)
+    docs.install(app)
     return app
 
 
@@ -264,8 +271,8 @@ def _not_found() -> ApiError:
 def _rendered(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     """The endpoint, returning its dict as a rendered ``JSONResponse`` (a ``Response`` as is).
 
-    FastAPI would otherwise validate and re-serialize the dict against the route's return
-    annotation (``dict[str, Any]``, kept for the OpenAPI document), in a second trip
+    FastAPI would otherwise validate and re-serialize the dict against the route's
+    ``response_model`` (there for the OpenAPI description: see ``models``), in a second trip
     through the thread pool for a plain ``def`` route, walking every message and day of
     the answer in Python: a cost that grows with the answer, which orjson renders in C."""
     if inspect.iscoroutinefunction(endpoint):
@@ -339,7 +346,13 @@ def _routes() -> Any:
     router = APIRouter(route_class=_RenderedRoute)
     ids = APIRouter(route_class=_ConversationRoute)  # the routes with an id in the path
 
-    @router.get("/api/v1/conversations", tags=["history"])
+    @router.get(
+        "/api/v1/conversations",
+        tags=["history"],
+        response_model=m.ConversationList,
+        responses=responses(*AUTH_STATUSES, 403),
+        openapi_extra=secured(),
+    )
     def list_conversations(
         request: Request,
         caller: Caller,
@@ -381,7 +394,13 @@ def _routes() -> Any:
         }
 
     # Declared before the others: a path ending in "/errors" is this route's (see _ConversationRoute).
-    @ids.get("/api/v1/conversations/{conversation_id:path}/errors", tags=["errors"])
+    @ids.get(
+        "/api/v1/conversations/{conversation_id:path}/errors",
+        tags=["errors"],
+        response_model=m.ConversationErrors,
+        responses=responses(*AUTH_STATUSES, 403, 404, 409),
+        openapi_extra=secured(),
+    )
     def conversation_errors(
         request: Request,
         caller: Caller,
@@ -401,7 +420,13 @@ def _routes() -> Any:
             raise _not_found()
         return {"object": "list", "conversation_id": conversation_id, "errors": errors}
 
-    @ids.get("/api/v1/conversations/{conversation_id:path}", tags=["history"])
+    @ids.get(
+        "/api/v1/conversations/{conversation_id:path}",
+        tags=["history"],
+        response_model=m.ConversationOrRequest,
+        responses=responses(*AUTH_STATUSES, 403, 404, 409),
+        openapi_extra=secured(),
+    )
     def get_conversation(
         request: Request,
         caller: Caller,
@@ -438,7 +463,13 @@ def _routes() -> Any:
         return {"object": "conversation", "conversation_id": conversation_id, "conversation": meta,
                 "messages": messages}  # fmt: skip
 
-    @ids.delete("/api/v1/conversations/{conversation_id:path}", tags=["history"])
+    @ids.delete(
+        "/api/v1/conversations/{conversation_id:path}",
+        tags=["history"],
+        response_model=m.Deleted,
+        responses=responses(*AUTH_STATUSES, 403, 404, 409),
+        openapi_extra=secured(),
+    )
     def delete_conversation(
         request: Request, caller: Caller, conversation_id: ConversationId, user_id: UserId = None
     ) -> dict[str, Any]:
@@ -451,7 +482,13 @@ def _routes() -> Any:
         log.info("conversation_deleted", conversation_id=conversation_id, user_id=owner, by=caller.user_id)
         return {"message": "conversation deleted", "conversation_id": conversation_id, "deleted": True}
 
-    @router.get("/api/v1/errors", tags=["errors"])
+    @router.get(
+        "/api/v1/errors",
+        tags=["errors"],
+        response_model=m.ErrorList,
+        responses=responses(*AUTH_STATUSES, 403),
+        openapi_extra=secured(),
+    )
     def list_errors(
         request: Request,
         caller: Caller,
@@ -482,7 +519,13 @@ def _routes() -> Any:
         return {"object": "list", "errors": page.items, "first_id": page.first_id, "last_id": page.last_id,
                 "has_more": page.has_more, "limit": limit, "offset": offset, "user_id": uid}  # fmt: skip
 
-    @router.get("/api/v1/stats/conversations", tags=["history"])
+    @router.get(
+        "/api/v1/stats/conversations",
+        tags=["history"],
+        response_model=m.Stats,
+        responses=responses(*AUTH_STATUSES, 403),
+        openapi_extra=secured(),
+    )
     def stats(
         request: Request,
         caller: Caller,
@@ -499,12 +542,17 @@ def _routes() -> Any:
         )
         return {**result, "user_id": uid}
 
-    @router.get("/healthz", tags=["operations"])
+    @router.get("/healthz", tags=["operations"], response_model=m.Health)
     def healthz() -> dict[str, Any]:
         """The process answers (liveness)."""
         return {"status": "ok", "version": __version__}
 
-    @router.get("/readyz", tags=["operations"])
+    @router.get(
+        "/readyz",
+        tags=["operations"],
+        response_model=m.Ready,
+        responses={503: {"model": m.NotReady, "description": "What is down (never why)."}},
+    )
     def readyz(request: Request) -> Response:
         """The database (and Redis, when configured) answer (readiness): 200, or 503 with
         ``{"status": "unavailable", "down": [...]}`` naming what is down. The route needs no

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
-from fastapi import Depends, Header, Request, Response
+from fastapi import Depends, Header, Request
+from fastapi import responses as _responses
 
 from .auth import Principal
 
@@ -21,19 +22,21 @@ def services_of(request: Request) -> Services:
 
 def principal(
     request: Request,
-    authorization: Annotated[str | None, Header(description="`Bearer sk-…` (New API token), an access token, or the operator key")] = None,
-    new_api_user: Annotated[str | None, Header(alias="New-Api-User", description="with an access token: its user id")] = None,
-) -> Principal:  # fmt: skip
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    new_api_user: Annotated[str | None, Header(alias="New-Api-User", include_in_schema=False)] = None,
+) -> Principal:
+    """The caller. Its headers are described as security schemes (``openapi.SECURITY_SCHEMES``),
+    not as parameters: OpenAPI ignores a parameter named ``Authorization``."""
     return services_of(request).auth.authenticate(authorization, new_api_user)
 
 
 Caller = Annotated[Principal, Depends(principal)]
 
 
-class JSONResponse(Response):
-    """JSON rendered by orjson (fast, and it keeps non-ASCII text as UTF-8)."""
-
-    media_type = "application/json"
+class JSONResponse(_responses.JSONResponse):
+    """JSON rendered by orjson (fast, and it keeps non-ASCII text as UTF-8). A subclass of
+    FastAPI's, so that the OpenAPI description types a route's answer by its
+    ``response_model`` (for any other class, FastAPI calls a 200 a string)."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

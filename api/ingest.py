@@ -27,6 +27,8 @@ from ..schemas.limits import CONTRACT_LIMIT, EventTooLarge, SizeLimit
 from ..storage.engine import event_limit
 from .auth import Principal
 from .deps import Caller, JSONResponse, services_of
+from .models import ErrorBody, IngestResult
+from .openapi import AUTH_STATUSES, responses, secured
 from .params import ApiError
 
 __all__ = ["ingest_router", "prepare_events"]
@@ -108,7 +110,24 @@ def _parse(body: bytes | bytearray) -> Any:
 def ingest_router() -> APIRouter:
     router = APIRouter()
 
-    @router.post("/api/v1/events", tags=["ingest"], openapi_extra={"requestBody": _BODY_SCHEMA})
+    @router.post(
+        "/api/v1/events",
+        tags=["ingest"],
+        response_model=IngestResult,
+        responses=responses(
+            *AUTH_STATUSES,
+            s207={
+                "model": IngestResult,
+                "description": "Some events rejected: `results` says which and why.",
+            },
+            s413={
+                "model": ErrorBody | IngestResult,
+                "description": "The body is too large (an error), or every event is larger than the MES "
+                "database can store (the per-event results, each with `code` 413).",
+            },
+        ),
+        openapi_extra=secured(requestBody=_BODY_SCHEMA),
+    )
     async def ingest(request: Request, caller: Caller) -> JSONResponse:
         """Record a batch of events; per-event results (207 when some are rejected)."""
         svc = services_of(request)
