@@ -22,6 +22,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from .dsn import DatabaseConfig, parse_dsn
 from .errors import ConfigError
+from .redis_conn import SENTINEL_SCHEMES, parse_redis_url
 
 __all__ = [
     "ApiSettings",
@@ -97,10 +98,13 @@ def _check_redis_url(url: str) -> None:
     redis-py's "Port could not be cast to integer value as 'pa'" would print half of it."""
     match = _SCHEME.match(url)
     scheme = match.group(1).lower() if match else None  # safe to quote: the value starts with it
-    if scheme not in ("redis", "rediss", "unix"):
+    if scheme not in ("redis", "rediss", "unix", *SENTINEL_SCHEMES):
         got = f"got scheme {scheme!r}" if scheme else "no scheme"
-        raise ConfigError(f"REDIS_CONN_STRING must be a redis://, rediss:// or unix:// URL ({got})")
-    if scheme == "unix":
+        raise ConfigError(
+            f"REDIS_CONN_STRING must be a redis://, rediss://, unix:// or redis+sentinel:// URL ({got})"
+        )
+    if scheme in ("unix", *SENTINEL_SCHEMES):
+        parse_redis_url(url)  # the Sentinel form, and MES's own options (wait_replicas)
         return
     parts = _split(url)
     if parts is None:
@@ -112,6 +116,7 @@ def _check_redis_url(url: str) -> None:
         raise ConfigError(
             "REDIS_CONN_STRING: an '@' after the host (percent-encode '/', '?', '#' and '@' in a password)"
         )
+    parse_redis_url(url)
 
 
 def _split(url: str) -> SplitResult | None:

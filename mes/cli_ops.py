@@ -241,24 +241,26 @@ def _doctor_redis(report: _Report, settings: Any) -> Any:
     import redis
 
     from mes.core.queue import queue_figures
+    from mes.core.redis_conn import connect as redis_connect
+    from mes.core.redis_conn import describe
 
     url = settings.queue.redis_url
     if not url:
         report.line("WARN", "redis", "REDIS_CONN_STRING is not set and no `mes up` runs here",
                     "set REDIS_CONN_STRING (or run `mes up`)")  # fmt: skip
         return None
-    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    client = redis_connect(url, socket_timeout=3, socket_connect_timeout=3)
     try:
         info = client.info("server")
     except redis.RedisError as exc:
         report.line(
             "FAIL",
             "redis",
-            f"cannot reach {url.split('@')[-1]}: {exc}",
+            f"cannot reach {describe(url)}: {exc}",
             "start Redis or fix REDIS_CONN_STRING",
         )
         return None
-    report.line("OK", "redis", f"{url.split('@')[-1]} (Redis {info.get('redis_version')})")
+    report.line("OK", "redis", f"{describe(url)} (Redis {info.get('redis_version')})")
     try:
         policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
     except redis.RedisError:
@@ -415,6 +417,7 @@ def stats(days: int, as_json: bool) -> None:
 
     from mes.core.days import date_of_int, day_int
     from mes.core.queue import queue_figures
+    from mes.core.redis_conn import connect as redis_connect
     from mes.worker.brake import figures as braked_figures
 
     settings = _settings()
@@ -441,9 +444,7 @@ def stats(days: int, as_json: bool) -> None:
         storage.close()
     if settings.queue.redis_url:
         try:
-            client = redis.Redis.from_url(
-                settings.queue.redis_url, socket_timeout=3, socket_connect_timeout=3
-            )
+            client = redis_connect(settings.queue.redis_url, socket_timeout=3, socket_connect_timeout=3)
             out["queue"] = queue_figures(client, settings.queue.queue_name)
             out["braked"] = braked_figures(client, settings.queue.queue_name)
             client.close()

@@ -178,6 +178,7 @@ class Producer:
         self._down_until = 0.0
         self._backoff = 0.5
         self._next_resend = 0.0
+        self._spool_backlog = False  # more ready spool files than one round re-sends
         # Built now (it only imports rq and redis; no connection is made until the first
         # flush): at interpreter exit the flusher may not import modules any more.
         self._transport: Any = None
@@ -364,7 +365,9 @@ class Producer:
         while True:
             with self._lock:
                 while not self._closing and not self._due():
-                    self._wake.wait(self._batcher.seconds_until_due() or 1.0)
+                    # A spool backlog (Redis is back after an outage) is re-sent round
+                    # after round, between flushes, not 20 files a second.
+                    self._wake.wait(0.0 if self._spool_backlog else self._batcher.seconds_until_due() or 1.0)
                     if not self._due():
                         break  # idle tick: go see whether the spool can be re-sent
                 batches = self._batcher.drain() if self._due() or self._closing else []
@@ -420,7 +423,9 @@ class Producer:
         with self._spill_lock:
             self._spool.rotate_overflow()
         s = self.settings
-        for file in self._spool.ready_files()[:20]:
+        ready = self._spool.ready_files()
+        self._spool_backlog = False
+        for file in ready[:20]:
             try:
                 # Streamed in batches within the usual bounds: a spool file can hold
                 # thousands of events, and one job of them would hold a worker and a
@@ -435,6 +440,9 @@ class Producer:
                 with self._lock:
                     self._resent += count
                 log.info("spool_resent", events=count, file=os.path.basename(file.path))
+        if len(ready) > 20:
+            self._spool_backlog = True
+            self._next_resend = now  # the next round at once
 
     # -- control -----------------------------------------------------------------------
     def flush(self, timeout: float | None = 10.0) -> bool:

@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.errors import ConfigError, DatabaseUnavailable
 from ..core.log import get_logger
+from ..core.redis_conn import connect as redis_connect
 from ..core.settings import Settings
 from .context import WorkerContext, install
 from .runner import MESWorker
@@ -37,8 +38,9 @@ def connect(settings: Settings) -> Redis:
         raise ConfigError(
             "REDIS_CONN_STRING is not set: point it at your Redis, or use `mes up` (embedded Redis)"
         )
-    # No socket timeout for the worker's blocking reads; RQ bounds its own waits.
-    return Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    # No socket timeout for the worker's blocking reads; RQ bounds its own waits. Any
+    # REDIS_CONN_STRING form: with Sentinel, a master_for() client that RQ uses as it is.
+    return redis_connect(url, socket_connect_timeout=5, health_check_interval=30)
 
 
 def run_one(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
