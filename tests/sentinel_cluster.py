@@ -55,7 +55,9 @@ class SentinelCluster:
         return redis.Redis(port=port, password=self.password, socket_timeout=2, **kwargs)
 
     def sentinel(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, password=self.sentinel_password, socket_timeout=2, decode_responses=True)
+        return redis.Redis(
+            port=port, password=self.sentinel_password, socket_timeout=2, decode_responses=True
+        )
 
     # -- processes ---------------------------------------------------------------------
     def start(self) -> None:
@@ -115,7 +117,9 @@ class SentinelCluster:
     # -- state -------------------------------------------------------------------------
     def primary_port(self) -> int:
         """The primary's port as the sentinels agree on it (all three)."""
-        seen = {int(self.sentinel(p).sentinel_get_master_addr_by_name(SERVICE)[1]) for p in self.sentinel_ports}
+        seen = {
+            int(self.sentinel(p).sentinel_get_master_addr_by_name(SERVICE)[1]) for p in self.sentinel_ports
+        }
         if len(seen) != 1:
             raise RuntimeError(f"sentinels disagree on the primary: {sorted(seen)}")
         return seen.pop()

@@ -278,7 +278,8 @@ BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_docs_pages_render_in_a_real_browser_that_reaches_no_other_host(page, rendered, tmp_path):
     """``mes serve`` for real, and headless Chromium whose only way to any host but this
     one is a proxy that refuses: the page renders the API from the app's own assets."""
-    if BROWSER is None:  # .ci/run installs Debian's chromium; elsewhere a skip, or a failure under REQUIRE_ALL
+    # .ci/run installs Debian's chromium; elsewhere a skip, or a failure under REQUIRE_ALL
+    if BROWSER is None:
         missing("chromium", "not on PATH (apt-get install chromium)")
     port, proxy = free_port(), free_port()  # the proxy's port: nothing listens there
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MES_", "SQL_", "REDIS_"))}

@@ -153,7 +153,9 @@ def test_a_value_the_database_refuses_on_a_reset_connection_is_isolated(backend)
         assert letter["event_id"] == quotes["event_id"] and len(letter["payload"]) <= KEPT_MAX
         # Whether the server answers 1153 before it hangs up, or only hangs up, depends on
         # when it notices the size: either way the reason says which.
-        assert "refused this event" in letter["reason"] or "closed the connection each time" in letter["reason"]
+        assert (
+            "refused this event" in letter["reason"] or "closed the connection each time" in letter["reason"]
+        )
     assert_consistent(storage)
 
 

@@ -71,7 +71,9 @@ class Recorder(threading.Thread):
 
 def rows_per_event(storage: Storage) -> Counter[str]:
     with storage.engine.connect() as conn:
-        rows = conn.execute(text("SELECT event_id FROM conversation_histories WHERE is_response = :t"), {"t": True})
+        rows = conn.execute(
+            text("SELECT event_id FROM conversation_histories WHERE is_response = :t"), {"t": True}
+        )
         return Counter(r[0] for r in rows)
 
 
@@ -127,7 +129,9 @@ def _run_through(cl: SentinelCluster, fault: str, tmp_path: Any) -> dict[str, An
         recorder.join()
         # The producer re-sends its spool by itself (once a second, after a back-off).
         deadline = time.monotonic() + 60
-        while (spool_files(settings.producer.spool_dir) or producer.stats().buffered) and time.monotonic() < deadline:
+        while (
+            spool_files(settings.producer.spool_dir) or producer.stats().buffered
+        ) and time.monotonic() < deadline:
             producer.flush(1)
             time.sleep(0.2)
         stats = producer.stats()
