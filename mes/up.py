@@ -63,6 +63,7 @@ def run_up(settings: Settings, *, workers: int, host: str | None, port: int | No
     naming it) and nothing claims to be up."""
     from .api.app import create_app
     from .embedded import EmbeddedRedis
+    from .leftovers import Note
     from .startup import check_database, check_listen, check_redis, startup_wait
 
     data_dir = os.path.abspath(settings.data_dir)
@@ -76,6 +77,10 @@ def run_up(settings: Settings, *, workers: int, host: str | None, port: int | No
     failed: list[str] = []
     if settings.queue.redis_url:
         check_redis(settings, wait)  # before anything is made or started
+    note = Note(data_dir)
+    for what in note.clear_previous():
+        click.echo(f"mes: stopped the {what} a killed mes up left running on this data folder", err=True)
+    note.add("up", os.getpid())
     try:
         if not settings.queue.redis_url:
             wanted = (env.get("MES_EMBEDDED_REDIS_PORT") or "").strip()
@@ -83,6 +88,8 @@ def run_up(settings: Settings, *, workers: int, host: str | None, port: int | No
                 raise ConfigError("MES_EMBEDDED_REDIS_PORT must be a port number (0: any free port)")
             redis_server = EmbeddedRedis(data_dir, port=int(wanted) if wanted else None)
             redis_server.start()
+            assert redis_server.process is not None
+            note.add("redis", redis_server.process.pid)
             env["REDIS_CONN_STRING"] = redis_server.url
         api_key = settings.api.api_key
         if api_key is None:
@@ -94,6 +101,7 @@ def run_up(settings: Settings, *, workers: int, host: str | None, port: int | No
         # checked: the workers wait out what goes down from now on, as a started worker does
         worker_cmd = [sys.executable, "-m", "mes", "worker", "--processes", str(workers), "--skip-checks"]
         worker = proc = subprocess.Popen(worker_cmd, env=env, start_new_session=True)
+        note.add("worker", proc.pid)
 
         def ready() -> bool:
             code = proc.poll()
@@ -115,6 +123,7 @@ def run_up(settings: Settings, *, workers: int, host: str | None, port: int | No
             _stop(worker)
         if redis_server is not None:
             redis_server.stop()
+        note.remove()
         if worker is not None:
             click.echo("mes: stopped; nothing queued was lost", err=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -152,9 +153,9 @@ def test_up_uses_the_configured_database_and_redis(server_backend, redis_server,
         assert up.interrupt() == 0
 
 
-def _send_one(url: str, spool: Any) -> None:
+def _send_one(url: str, spool: Any, conversation: str = "port") -> None:
     producer = Producer(ProducerSettings.from_env({"REDIS_CONN_STRING": url, "MES_SPOOL_DIR": str(spool)}))
-    producer.save_chat_completion("port", [{"role": "user", "content": "hi"}],
+    producer.save_chat_completion(conversation, [{"role": "user", "content": "hi"}],
                                   {"choices": [{"message": {"role": "assistant", "content": "a"}}]},
                                   "gpt-4o", 5, 1, 1)  # fmt: skip
     producer.close()
@@ -232,3 +233,56 @@ def test_doctor_under_mes_up_knows_its_key(tmp_path):
         assert up.key not in out  # the key itself is not printed
     finally:
         assert up.interrupt() == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_mes_up_leaves_nothing_running_after_the_next_start(tmp_path):
+    """`mes up` SIGKILLed: its Redis and workers outlive it. The next `mes up` on the same
+    folder stops them (workers first, Redis with its AOF flushed), takes the same port and
+    loses nothing; while one `mes up` runs, a second on the same folder is refused."""
+    if find_redis_binary() is None:
+        missing("redis", "no embedded Redis (pip install 'mes-history[embedded]') and no redis-server")
+    data = tmp_path / "mes-data"
+    up = Up(tmp_path)
+    up.start()
+    first = runtime_redis_url(str(data))
+    assert first is not None
+    note = json.loads((data / "run" / "up.json").read_text())
+    assert note["up"] == up.process.pid
+    _send_one(first, tmp_path / "spool")
+    deadline = time.monotonic() + 30
+    while up.get("/api/v1/stats/conversations", user_id=5).json()["total_messages"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # a second one on the same folder: refused in one line, the first one untouched
+    other = Up(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "mes", "up"], cwd=tmp_path, env=other.env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode != 0 and "already running" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    up.process.kill()
+    up.process.wait(10)
+    assert _alive(note["redis"]) and _alive(note["worker"])  # what SIGKILL leaves behind
+    _send_one(first, tmp_path / "spool", "after-kill")  # into the orphaned Redis (its workers may take it)
+    (tmp_path / "up.log").write_text("")
+    up.start()
+    try:
+        log = (tmp_path / "up.log").read_text()
+        assert "stopped the workers" in log and "stopped the embedded Redis" in log, log
+        assert not _alive(note["redis"]) and not _alive(note["worker"])
+        assert runtime_redis_url(str(data)) == first and "moved" not in log  # same port
+        deadline = time.monotonic() + 30
+        while up.get("/api/v1/stats/conversations", user_id=5).json()["total_messages"] < 4:
+            assert time.monotonic() < deadline, "the event queued in the orphaned Redis was lost"
+            time.sleep(0.2)
+        assert up.get("/api/v1/stats/conversations", user_id=5).json()["total_messages"] == 4
+    finally:
+        assert up.interrupt() == 0
+    assert not (data / "run" / "up.json").exists()
