@@ -100,15 +100,20 @@ class Message(BaseModel):
     event_id: str | None = Field(None, description="answers only: the request's id")
 
 
-class ConversationList(_Closed):
+class _Page(_Closed):
+    """What every list page says besides its items."""
+
     object: Literal["list"]
-    conversations: list[ConversationSummary]
     first_id: str | None
     last_id: str | None
     has_more: bool
     limit: int
     offset: int
     user_id: int
+
+
+class ConversationList(_Page):
+    conversations: list[ConversationSummary]
 
 
 class ConversationRead(_Closed):
@@ -180,15 +185,8 @@ class ErrorRecord(_Closed):
     messages: list[ErrorMessage]
 
 
-class ErrorList(_Closed):
-    object: Literal["list"]
+class ErrorList(_Page):
     errors: list[ErrorRecord]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-    limit: int
-    offset: int
-    user_id: int
 
 
 class ConversationErrors(_Closed):
