@@ -16,7 +16,14 @@ every worker connection at the proxy (connections reset, new ones refused) for
 
 Faults, in rotation at random intervals while producers record: SIGKILL of a random
 worker (restarted a second later), SIGKILL and restart of Redis, database outage, and
-producers cut off Redis. After the producers finish, it drains as an operator would
+producers cut off Redis.
+
+With ``--redis sentinel`` the queue is a Redis Sentinel setup instead (a primary, a
+replica and three sentinels, ``tests/sentinel_cluster.py``), every process uses the
+``redis+sentinel://`` form of ``REDIS_CONN_STRING``, and the Redis faults are a
+``SENTINEL FAILOVER`` (the replica promoted, the old primary demoted) and a SIGKILL of
+the primary (the sentinels promote the replica; the killed node restarts and becomes its
+replica); producers reach the nodes the sentinels name, so there is no producer cut. After the producers finish, it drains as an operator would
 (``mes replay failed`` for jobs that used up their retries, ``mes replay spool`` for
 what a producer left on disk) until every event is applied or ``--drain-timeout``.
 
@@ -54,6 +61,7 @@ from mes.core.log import configure_logging  # noqa: E402
 from mes.core.settings import ProducerSettings  # noqa: E402
 from mes.embedded import find_redis_binary  # noqa: E402
 from tests.netproxy import Proxy  # noqa: E402
+from tests.sentinel_cluster import SentinelCluster  # noqa: E402
 
 DAY_MS = 86_400_000
 log = print
@@ -181,6 +189,10 @@ class Chaos:
         self.target.settings = DatabaseSettings.from_env({"MES_SQL_DSN": dsn, "MES_DAILY_PARTITION": "true",
                                                           "SQL_MAX_IDLE_CONNS": "4", "MES_DATA_DIR": self.folder})  # fmt: skip
         self.redis = Redis(self.folder)
+        self.sentinel: SentinelCluster | None = None
+        if args.redis == "sentinel":
+            assert self.redis.binary is not None
+            self.sentinel = SentinelCluster(self.redis.binary, os.path.join(self.folder, "sentinel"))
         self.redis_proxy: Proxy | None = None
         self.db_proxy: Proxy | None = None
 
@@ -192,7 +204,7 @@ class Chaos:
         if self.db_proxy is not None:
             url = url.set(host="127.0.0.1", port=self.db_proxy.port)
         base = {k: v for k, v in os.environ.items() if not k.startswith(("MES_", "SQL_", "REDIS_"))}
-        return {**base, "MES_SQL_DSN": url.render_as_string(hide_password=False), "REDIS_CONN_STRING": self.redis.url,
+        return {**base, "MES_SQL_DSN": url.render_as_string(hide_password=False), "REDIS_CONN_STRING": self.redis_url,
                 "MES_DAILY_PARTITION": "true", "SQL_MAX_IDLE_CONNS": "4", "MES_DATA_DIR": self.folder,
                 "MES_RETRY_INTERVALS": "1,2,4,8", "MES_JOB_TIMEOUT": "20", "MES_MAINTENANCE_INTERVAL": "5",
                 "SQL_MAX_LIFETIME": "30",
@@ -209,6 +221,17 @@ class Chaos:
             self.workers[slot] = proc
         else:
             self.workers.append(proc)
+
+    @property
+    def redis_url(self) -> str:
+        return self.sentinel.url() if self.sentinel is not None else self.redis.url
+
+    def fault_kinds(self) -> list[tuple[str, Any]]:
+        if self.sentinel is not None:
+            return [("worker SIGKILL", self.kill_worker), ("sentinel failover", self.sentinel_failover),
+                    ("database outage", self.db_outage), ("primary SIGKILL", self.kill_primary)]  # fmt: skip
+        return [("worker SIGKILL", self.kill_worker), ("redis restart", self.restart_redis),
+                ("database outage", self.db_outage), ("producers cut off redis", self.cut_producers)]  # fmt: skip
 
     # -- faults ------------------------------------------------------------------------
     def kill_worker(self) -> None:
@@ -238,6 +261,14 @@ class Chaos:
         conn.rollback()
         conn.close()
 
+    def sentinel_failover(self) -> None:
+        assert self.sentinel is not None
+        self.sentinel.failover(timeout=180)
+
+    def kill_primary(self) -> None:
+        assert self.sentinel is not None
+        self.sentinel.kill_primary(timeout=180)
+
     def cut_producers(self) -> None:
         assert self.redis_proxy is not None
         self.redis_proxy.cut()
@@ -245,14 +276,17 @@ class Chaos:
         self.redis_proxy.restore()
 
     def inject(self) -> None:
-        kinds = [("worker SIGKILL", self.kill_worker), ("redis restart", self.restart_redis),
-                 ("database outage", self.db_outage), ("producers cut off redis", self.cut_producers)]  # fmt: skip
+        kinds = self.fault_kinds()
         n = 0
         while not self.stop_faults.wait(self.rng.uniform(*self.args.fault_gap)):
             name, fault = kinds[n % len(kinds)]
             n += 1
             log(f"  fault: {name}", flush=True)
-            fault()
+            try:
+                fault()
+            except RuntimeError as exc:  # a Sentinel setup that did not settle: say so, go on
+                log(f"  fault: {name}: {exc}", flush=True)
+                self.faults[f"{name} (unsettled)"] += 1
             self.faults[name] += 1
 
     # -- the run -----------------------------------------------------------------------
@@ -262,8 +296,13 @@ class Chaos:
         args = self.args
         self.target.reset()
         storage = Storage.open(self.target.settings)
-        self.redis.start()
-        self.redis_proxy = Proxy("127.0.0.1", self.redis.port)
+        if self.sentinel is not None:
+            self.sentinel.start()
+            proxied = self.sentinel.url()
+        else:
+            self.redis.start()
+            self.redis_proxy = Proxy("127.0.0.1", self.redis.port)
+            proxied = f"redis://127.0.0.1:{self.redis_proxy.port}/0"
         if args.backend != "sqlite":
             db = self.target.settings.db
             self.db_proxy = Proxy(db.host or "127.0.0.1", db.port or 0)
@@ -272,7 +311,6 @@ class Chaos:
         per = args.events // args.producers
         outs = [os.path.join(self.folder, f"producer-{p}.json") for p in range(args.producers)]
         spools = [os.path.join(self.folder, f"spool-{p}") for p in range(args.producers)]
-        proxied = f"redis://127.0.0.1:{self.redis_proxy.port}/0"
         t0 = time.monotonic()
         producers = [subprocess.Popen([sys.executable, __file__, "_produce", proxied, spools[p], str(per), str(p),
                                        str(args.seconds), str(args.days), outs[p]]) for p in range(args.producers)]  # fmt: skip
@@ -283,8 +321,7 @@ class Chaos:
         self.stop_faults.set()
         injector.join()
         # every kind at least once, even in a short run
-        for name, fault in (("worker SIGKILL", self.kill_worker), ("redis restart", self.restart_redis),
-                            ("database outage", self.db_outage), ("producers cut off redis", self.cut_producers)):  # fmt: skip
+        for name, fault in self.fault_kinds():
             if not self.faults[name]:
                 log(f"  fault: {name}", flush=True)
                 fault()
@@ -384,6 +421,8 @@ class Chaos:
             if proxy is not None:
                 proxy.close()
         self.redis.stop()
+        if self.sentinel is not None:
+            self.sentinel.stop()
         if not self.args.keep:
             self.target.reset()
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -399,6 +438,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--producers", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--redis",
+        default="single",
+        choices=["single", "sentinel"],
+        help="one redis-server, or a Sentinel setup (primary, replica, 3 sentinels)",
+    )
     parser.add_argument("--seconds", type=float, default=120.0, help="how long producers record")
     parser.add_argument("--days", type=int, default=3, help="events spread over this many days")
     parser.add_argument("--db-outage", type=float, nargs=2, default=(10.0, 30.0), metavar=("MIN", "MAX"))
