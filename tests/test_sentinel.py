@@ -229,3 +229,34 @@ def test_sentinel_client_finds_the_primary_and_rq_works_on_it(tmp_path, redis_bi
             client.close()
     finally:
         cl.stop()
+
+
+def test_worker_on_sentinel_stops_cleanly_on_sigterm(tmp_path, redis_binary):
+    """SIGTERM to an idle `mes worker` on a redis+sentinel:// queue, before and after a
+    failover: exit 0, no traceback, and its death registered (RQ's worker key is gone
+    from the workers set)."""
+    cl = SentinelCluster(redis_binary, str(tmp_path / "redis"))
+    try:
+        cl.start()
+        env = {**os.environ, **Backend("sqlite", tmp_path).env(REDIS_CONN_STRING=cl.url())}
+        for failover in (False, True):
+            log_path = tmp_path / f"worker-{failover}.log"
+            with open(log_path, "ab") as log:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "mes", "worker"], env=env, stdout=log, stderr=log
+                )
+            primary = cl.node(cl.primary_port())
+            deadline = time.monotonic() + 30
+            while not primary.smembers("rq:workers"):
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+            if failover:
+                primary = cl.node(cl.failover())
+                time.sleep(1.0)  # the worker's next commands meet the demoted primary, then the new one
+            worker.send_signal(signal.SIGTERM)
+            code = worker.wait(30)
+            out = log_path.read_text()
+            assert code == 0 and "Traceback" not in out, out[-3000:]
+            assert not primary.smembers("rq:workers"), "the worker did not register its death"
+    finally:
+        cl.stop()

@@ -70,6 +70,21 @@ class MESWorker(SimpleWorker):
         )
         return worker
 
+    def teardown(self) -> None:
+        """RQ's teardown with its two steps the other way round: stop the thread that
+        listens for RQ's commands (its own connection) before the last writes, so no
+        other thread reads from Redis while this one registers the worker's death. On
+        a ``redis+sentinel://`` queue, RQ's order left a pipeline and the listener on
+        one connection: "Wrong number of response items", a traceback and exit 1 at
+        every SIGTERM. A Redis that is gone by then costs a warning, not the exit."""
+        if self.scheduler:
+            self.stop_scheduler()
+        self.unsubscribe()
+        try:
+            self.register_death()
+        except redis.exceptions.RedisError as exc:
+            log.warning("worker_death_not_registered", worker=self.name, error=str(exc).splitlines()[0][:200])
+
     def get_heartbeat_ttl(self, job: Any) -> int:
         # Nobody heartbeats during an in-process job: the started-registry entry must
         # outlive the job's own timeout, and no more, so a dead worker is noticed soon.
