@@ -372,24 +372,19 @@ class _Matcher:
 
     def resolve(
         self, ev: Prepared, state: ConversationState, digests: list[bytes]
-    ) -> tuple[int, str, list[int | None], list[int], Entry | None]:
+    ) -> tuple[int, str, list[int | None] | None, list[int], Entry | None]:
         """Which messages are re-sends: the first ``size`` are the conversation's tail
         (their context is the tail's, ``head``); after them, the stored ordinal each one
-        re-sends (None: new); the positions of the new ones; and the stored row right
-        after the request's last message when that one is a re-send (the answer may be
-        that row: see ``_Claimer``)."""
-        n = len(digests)
+        re-sends (None: new), or ``None`` for the list when every one of them is new and
+        goes at the end (no transcript was read: the common case); the positions of the
+        new ones when they are placed among stored rows; and the stored row right after
+        the request's last message when that one is a re-send (the answer may be that
+        row: see ``_Claimer``)."""
         if state.event_count == 0:  # no chat row anywhere yet: everything is new
-            return 0, "", [None] * n, _appended(state.max_position, n), None
+            return 0, "", None, [], None
         size = state.tail_len
-        if size and n >= size and sequence_digest(digests[:size]).hex() == state.tail_digest:
-            return (
-                size,
-                state.tail_context,
-                [None] * (n - size),
-                _appended(state.max_position, n - size),
-                None,
-            )
+        if size and len(digests) >= size and sequence_digest(digests[:size]).hex() == state.tail_digest:
+            return size, state.tail_context, None, [], None
         transcript = self._transcript(ev.key, state)
         matches = align(transcript.digests(), digests)
         positions = transcript.place(matches, state.max_position)
@@ -433,10 +428,6 @@ def _entry(row: tuple[Any, ...], day: dt.date) -> Entry:
         row[_POSITION], row[_ORDINAL], bytes.fromhex(row[_DIGEST]), row[_IS_RESPONSE], row[_MESSAGE_ID],
         row[_MODEL], row[_MS], day, planned=True,
     )  # fmt: skip
-
-
-def _appended(end: int, count: int) -> list[int]:
-    return [end + GAP * (m + 1) for m in range(count)]
 
 
 def _advance(
@@ -529,33 +520,34 @@ def _chat_rows(
     is_stream, ip, eid = bool(raw.get("is_stream")), raw.get("ip"), ev.event_id
     messages, model = ev.messages, ev.model
     size, head, ordinals, positions, follow = matcher.resolve(ev, state, digests)
-    new_positions = iter(positions)
-    context: list[int] = []  # after the tail's ``head``
     rows: list[tuple[Any, ...]] = []
-    for seq in range(size, len(messages)):
-        ordinal = ordinals[seq - size]
-        if ordinal is not None:  # a re-send of a stored row
-            context.append(ordinal)
-            continue
-        message = messages[seq]
-        position = next(new_positions)
-        state.last_ordinal = ordinal = state.last_ordinal + 1
-        state.max_position = max(state.max_position, position)
-        context.append(ordinal)
-        mid = _row_id(eid, seq)
-        content = message.get("content")
-        if len(message) == 2 and type(content) is str:  # role and text: nothing else to keep
-            other = None
-        else:
-            content, is_json = content_column(content)
-            extra = _extras(message, is_json)
-            other = _dumps(extra) if extra else None
-        rows.append((
-            uid, created, now_s, cid, mid, message.get("role") or "", content, model, token_id,
-            channel_id, 0, 0, 0, is_stream, None, None, other, ip, eid, seq, ms, False,
-            ordinal, position, digests[seq].hex(), None,
-        ))  # fmt: skip
-    context_text = join_context(head, encode_context(context))
+    if ordinals is None:  # all new, at the end: consecutive ordinals, positions GAP apart
+        first_ordinal, end = state.last_ordinal + 1, state.max_position
+        new_rows = len(messages) - size
+        for n, seq in enumerate(range(size, len(messages))):
+            message = messages[seq]
+            content = message.get("content")
+            if len(message) == 2 and type(content) is str:  # role and text: nothing else to keep
+                other = None
+            else:
+                content, is_json = content_column(content)
+                extra = _extras(message, is_json)
+                other = _dumps(extra) if extra else None
+            rows.append((
+                uid, created, now_s, cid, _row_id(eid, seq), message.get("role") or "", content, model, token_id,
+                channel_id, 0, 0, 0, is_stream, None, None, other, ip, eid, seq, ms, False,
+                first_ordinal + n, end + GAP * (n + 1), digests[seq].hex(), None,
+            ))  # fmt: skip
+        if new_rows:
+            state.last_ordinal += new_rows
+            state.max_position = end + GAP * new_rows
+        new_context = (
+            "" if not new_rows else str(first_ordinal) if new_rows == 1
+            else f"{first_ordinal}-{first_ordinal + new_rows - 1}"
+        )  # fmt: skip
+    else:
+        new_context = encode_context(_placed_rows(ev, state, ordinals, positions, digests, rows, now_s))
+    context_text = join_context(head, new_context)
     response = raw.get("response") or {}
     usage = response.get("usage")
     tokens = _usage_tokens(usage)
@@ -607,13 +599,51 @@ def _chat_rows(
     return rows, tokens
 
 
+def _placed_rows(
+    ev: Prepared,
+    state: ConversationState,
+    ordinals: list[int | None],
+    positions: list[int],
+    digests: list[bytes],
+    rows: list[tuple[Any, ...]],
+    now_s: int,
+) -> list[int]:
+    """The history rows of a request matched against its transcript (re-sends skipped, new
+    messages where ``positions`` put them), appended to ``rows``; returns its context."""
+    raw, messages, eid, ms = ev.raw, ev.messages, ev.event_id, ev.ms
+    token_id, channel_id = raw.get("token_id") or 0, raw.get("channel_id") or 0
+    is_stream, ip = bool(raw.get("is_stream")), raw.get("ip")
+    new_positions = iter(positions)
+    context: list[int] = []
+    for seq, ordinal in enumerate(ordinals):
+        if ordinal is not None:  # a re-send of a stored row
+            context.append(ordinal)
+            continue
+        message = messages[seq]
+        position = next(new_positions)
+        state.last_ordinal = ordinal = state.last_ordinal + 1
+        state.max_position = max(state.max_position, position)
+        context.append(ordinal)
+        content, is_json = content_column(message.get("content"))
+        extra = _extras(message, is_json)
+        rows.append((
+            ev.user_id, ms // 1000, now_s, ev.conversation_id, _row_id(eid, seq), message.get("role") or "",
+            content, ev.model, token_id, channel_id, 0, 0, 0, is_stream, None, None,
+            _dumps(extra) if extra else None, ip, eid, seq, ms, False, ordinal, position, digests[seq].hex(), None,
+        ))  # fmt: skip
+    return context
+
+
 def _error_rows(ev: Prepared, state: ConversationState, matcher: _Matcher) -> list[tuple[Any, ...]]:
     """The messages of a failed request that the conversation does not hold; at least one row."""
     raw = ev.raw
     digests = _with_digests(ev)
     messages = ev.messages
     size, _, ordinals, _, _ = matcher.resolve(ev, state, digests)
-    picked = [size + i for i, ordinal in enumerate(ordinals) if ordinal is None]
+    if ordinals is None:
+        picked = list(range(size, len(messages)))
+    else:
+        picked = [i for i, ordinal in enumerate(ordinals) if ordinal is None]
     if not picked and messages:  # all re-sent: the last one says what the request was
         picked = [len(messages) - 1]
     eid = ev.event_id
