@@ -8,13 +8,17 @@ multi-row statement; SQLAlchemy's ORM-level paths make a round trip per row on s
 these and are avoided on the hot path.
 
 Identifiers are quoted by the SQLAlchemy dialect's preparer; table names come from
-:mod:`mes.storage.tables` (validated dates); values always travel as parameters.
+:mod:`mes.storage.tables` (validated dates); values always travel as parameters, except
+in MySQL's bulk INSERT: PyMySQL renders parameters into the statement text on the client
+in any case, and MES does that step itself there (:func:`_mysql_literal`) with PyMySQL's
+own escaping, because PyMySQL's per-value path was 40 % of the writer's time on MariaDB.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 import weakref
 from collections.abc import Sequence
 from hashlib import blake2b
@@ -155,8 +159,51 @@ def _claim_digest(key: tuple[str, int]) -> bytes:
     return blake2b(f"{key[1]}|{key[0]}".encode(), digest_size=16).digest()
 
 
+# The characters PyMySQL's ``escape_string`` rewrites; a string without any (most text)
+# goes into the statement as it is, after one scan in C instead of a per-character table.
+_MYSQL_SPECIAL = re.compile(r"""[\x00\n\r\x1a\\"']""")
+_MYSQL_STMT_MAX = 1_024_000  # as PyMySQL's executemany: statements of up to ~1 MB
+
+
+def _mysql_literal(value: Any, conn: Any) -> str:
+    """``value`` as PyMySQL renders it into a statement (``Connection.escape``, which its
+    cursors call for every parameter)."""
+    kind = type(value)
+    if kind is str:
+        if _MYSQL_SPECIAL.search(value) is None:
+            return "'" + value + "'"
+        return str(conn.escape(value))  # PyMySQL's own: it knows NO_BACKSLASH_ESCAPES
+    if value is None:
+        return "NULL"
+    if kind is int:
+        return str(value)
+    if kind is bool:
+        return "1" if value else "0"
+    return str(conn.escape(value))
+
+
 class MySQLBulk(Bulk):
     backend = "mysql"
+
+    def insert(self, cur: Any, table: Table, columns: Sequence[str], rows: list[Row]) -> None:
+        """Multi-row INSERTs of up to ~1 MB each, rendered here (see the module docstring)."""
+        if not rows:
+            return
+        key = ("insert-head", table.name, tuple(columns))
+        head = self._sql_cache.get(key)
+        if head is None:
+            head = self._sql_cache[key] = f"INSERT INTO {self.q(table.name)} ({self._cols(columns)}) VALUES "
+        conn = cur.connection
+        parts: list[str] = []
+        size = len(head)
+        for row in rows:
+            text = "(" + ",".join([_mysql_literal(v, conn) for v in row]) + ")"
+            if parts and size + len(text) + 1 > _MYSQL_STMT_MAX:
+                cur.execute(head + ",".join(parts))
+                parts, size = [], len(head)
+            parts.append(text)
+            size += len(text) + 1
+        cur.execute(head + ",".join(parts))
 
     _WAIT_S = 30  # a claim not had by then is left to the keys and row locks
 
