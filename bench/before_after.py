@@ -1,0 +1,163 @@
+"""The writer of this checkout against the writer of an earlier commit, in one run.
+
+    python bench/before_after.py --backend all --events 20000 --pairs 5
+    python bench/before_after.py --commit c5a8329 --backend sqlite --phases
+
+Both sides write the same events (``bench/writer.py``'s multi-turn chats, generated once
+and handed to both as JSON) with ``BatchWriter.write`` in batches of ``--batch``, on one
+connection, into fresh daily tables created before the clock starts: each side's own
+``bench/writer.py`` ``run_writer``, run in a process of its own with its own ``mes``
+package (the earlier commit's taken out of git with ``git archive``, laid out as its
+``pyproject.toml`` maps the folders). The sides alternate (before, after, after, before,
+...) so that a machine that gets busier or quieter during the run weighs on both alike.
+
+Prints, per backend, each side's median events per second over ``--pairs`` runs and the
+ratio after ÷ before, and with ``--phases`` one instrumented run per side that splits
+the time into planning (Python) and statements (the database). The default commit is
+the last before request transcripts (``tests/legacy.py``): what the trust issue's
+writer is compared with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import orjson
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def one(site: str, bench: str, backend: str, events_file: str, batch: int, phases: bool, db: str) -> None:
+    """One side, one run (a subprocess): prints its figures as JSON."""
+    if site:
+        sys.path.insert(0, site)
+    sys.path.insert(0, bench)
+    import logging
+
+    import writer  # this side's bench/writer.py
+
+    from mes.core.log import configure_logging
+
+    configure_logging(level=logging.ERROR)
+    with open(events_file, "rb") as f:
+        events = orjson.loads(f.read())
+    with tempfile.TemporaryDirectory() as folder:
+        target = writer.Target(
+            backend, f"root:@tcp(127.0.0.1:3306)/{db}", f"postgres://postgres@127.0.0.1:5432/{db}", folder
+        )
+        try:
+            if phases:
+                seconds, spent = writer.run_phases(target, events, batch)
+                out: dict[str, Any] = {"seconds": seconds, "spent": spent}
+            else:
+                seconds, rows, storage = writer.run_writer(target, events, batch)
+                storage.close()
+                out = {"seconds": seconds, "rows": rows}
+        finally:
+            target.reset()
+    print(json.dumps(out))
+
+
+def checkout(commit: str, into: str) -> tuple[str, str]:
+    """The earlier commit's ``mes`` package and ``bench`` folder under ``into``."""
+    import io
+    import pathlib
+    import tarfile
+
+    from tests.legacy import checkout as legacy_checkout
+
+    site = legacy_checkout(commit, pathlib.Path(into))
+    archive = subprocess.run(
+        ["git", "-C", ROOT, "archive", "--format=tar", commit, "bench"], check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(os.path.join(into, "old"), filter="data")
+    return str(site), os.path.join(into, "old", "bench")
+
+
+def run_side(
+    side: tuple[str, str], backend: str, events_file: str, args: argparse.Namespace, phases: bool
+) -> Any:
+    site, bench = side
+    db = f"mes_bench_ba_{os.getpid()}"
+    done = subprocess.run(
+        [sys.executable, __file__, "_one", site, bench, backend, events_file, str(args.batch), str(int(phases)), db],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"{backend}: a run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def planning_share(spent: dict[str, float], total: float) -> tuple[float, float]:
+    plan = sum(v for k, v in spent.items() if k.startswith("plan "))
+    statements = sum(v for k, v in spent.items() if k.startswith(("insert ", "upsert ", "read ")))
+    return plan / total, statements / total
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_one":
+        site, bench, backend, events_file, batch, phases, db = argv[1:8]
+        one(site, bench, backend, events_file, int(batch), phases == "1", db)
+        return 0
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--commit", default=None, help="the earlier commit (default: tests/legacy.py's)")
+    parser.add_argument("--backend", default="all", choices=["all", "mysql", "postgresql", "sqlite"])
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--phases", action="store_true", help="and one instrumented run per side")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import writer
+
+    from tests.legacy import BEFORE_TRANSCRIPTS
+
+    commit = args.commit or BEFORE_TRANSCRIPTS
+    backends = ["mysql", "postgresql", "sqlite"] if args.backend == "all" else [args.backend]
+    with tempfile.TemporaryDirectory() as folder:
+        before = checkout(commit, folder)
+        after = ("", os.path.join(ROOT, "bench"))
+        events_file = os.path.join(folder, "events.json")
+        with open(events_file, "wb") as f:
+            f.write(orjson.dumps(writer.make_events(args.events)))
+        head = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        print(f"before: {commit}   after: this checkout ({head.stdout.strip()})   "
+              f"{args.events} events, batches of {args.batch}, {args.pairs} pairs")  # fmt: skip
+        for backend in backends:
+            times: dict[str, list[float]] = {"before": [], "after": []}
+            for n in range(args.pairs):
+                order = [("before", before), ("after", after)]
+                for name, side in order if n % 2 == 0 else order[::-1]:
+                    times[name].append(run_side(side, backend, events_file, args, False)["seconds"])
+            rate = {k: args.events / statistics.median(v) for k, v in times.items()}
+            print(f"{backend:10s}  before {rate['before']:8,.0f} events/s   after {rate['after']:8,.0f} events/s   "
+                  f"after ÷ before {rate['after'] / rate['before']:.2f}   "
+                  f"(runs, s: before {' '.join(f'{t:.2f}' for t in times['before'])}; "
+                  f"after {' '.join(f'{t:.2f}' for t in times['after'])})")  # fmt: skip
+            if args.phases:
+                for name, side in (("before", before), ("after", after)):
+                    r = run_side(side, backend, events_file, args, True)
+                    plan, statements = planning_share(r["spent"], r["seconds"])
+                    print(f"{'':10s}  {name}: planning {plan:.0%} of the writer's time, statements and reads "
+                          f"{statements:.0%} ({r['seconds']:.2f} s instrumented)")  # fmt: skip
+                    steps = sorted(r["spent"].items(), key=lambda kv: -kv[1])
+                    print(f"{'':14s}" + ", ".join(f"{k} {v:.2f} s" for k, v in steps))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
