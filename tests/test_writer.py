@@ -461,3 +461,36 @@ def test_locking_the_batch_conversations_waits_for_no_other_conversation(server_
         release.set()
         b.join(30)
     assert_consistent(storage)
+
+
+def test_cyclic_gc_is_paused_during_a_write_and_back_after_it_even_on_failure(tmp_path, monkeypatch):
+    """The writer pauses the cyclic collector for a batch (a speed measure, see
+    ``_cyclic_gc_paused``): it must be on again after every write, failed ones too."""
+    import gc
+
+    from .conftest import Backend
+
+    b = Backend("sqlite", tmp_path)
+    storage = b.storage()
+    try:
+        seen = []
+        real = storage.writer._write
+
+        def spy(*args: Any) -> Any:
+            seen.append(gc.isenabled())
+            return real(*args)
+
+        monkeypatch.setattr(storage.writer, "_write", spy)
+        assert gc.isenabled()
+        storage.writer.write([chat("gc-1", [{"role": "user", "content": "hi"}], "hello")])
+        assert seen == [False] and gc.isenabled()
+
+        def boom(*args: Any) -> Any:
+            raise RuntimeError("the database went away")
+
+        monkeypatch.setattr(storage.writer, "_write", boom)
+        with pytest.raises(RuntimeError):
+            storage.writer.write([chat("gc-2", [{"role": "user", "content": "hi"}], "hello")])
+        assert gc.isenabled()
+    finally:
+        b.close()
