@@ -522,31 +522,16 @@ def _chat_rows(
     size, head, ordinals, positions, follow = matcher.resolve(ev, state, digests)
     rows: list[tuple[Any, ...]] = []
     if ordinals is None:  # all new, at the end: consecutive ordinals, positions GAP apart
-        first_ordinal, end = state.last_ordinal + 1, state.max_position
-        new_rows = len(messages) - size
+        first, end = state.last_ordinal + 1, state.max_position
+        context: Sequence[int] = range(first, first + len(messages) - size)
         for n, seq in enumerate(range(size, len(messages))):
-            message = messages[seq]
-            content = message.get("content")
-            if len(message) == 2 and type(content) is str:  # role and text: nothing else to keep
-                other = None
-            else:
-                content, is_json = content_column(content)
-                extra = _extras(message, is_json)
-                other = _dumps(extra) if extra else None
-            rows.append((
-                uid, created, now_s, cid, _row_id(eid, seq), message.get("role") or "", content, model, token_id,
-                channel_id, 0, 0, 0, is_stream, None, None, other, ip, eid, seq, ms, False,
-                first_ordinal + n, end + GAP * (n + 1), digests[seq].hex(), None,
-            ))  # fmt: skip
-        if new_rows:
-            state.last_ordinal += new_rows
-            state.max_position = end + GAP * new_rows
-        new_context = (
-            "" if not new_rows else str(first_ordinal) if new_rows == 1
-            else f"{first_ordinal}-{first_ordinal + new_rows - 1}"
-        )  # fmt: skip
+            rows.append(_history_row(ev, seq, first + n, end + GAP * (n + 1), digests[seq], now_s))
+        if context:
+            state.last_ordinal = context[-1]
+            state.max_position = end + GAP * len(context)
     else:
-        new_context = encode_context(_placed_rows(ev, state, ordinals, positions, digests, rows, now_s))
+        context = _placed_rows(ev, state, ordinals, positions, digests, rows, now_s)
+    new_context = encode_context(context)
     context_text = join_context(head, new_context)
     response = raw.get("response") or {}
     usage = response.get("usage")
@@ -599,6 +584,26 @@ def _chat_rows(
     return rows, tokens
 
 
+def _history_row(
+    ev: Prepared, seq: int, ordinal: int, position: int, digest: bytes, now_s: int
+) -> tuple[Any, ...]:
+    """The chat row of the request's message ``seq`` (a new one: not a re-send)."""
+    raw, message = ev.raw, ev.messages[seq]
+    content = message.get("content")
+    if len(message) == 2 and type(content) is str:  # role and text: nothing else to keep
+        other = None
+    else:
+        content, is_json = content_column(content)
+        extra = _extras(message, is_json)
+        other = _dumps(extra) if extra else None
+    return (
+        ev.user_id, ev.ms // 1000, now_s, ev.conversation_id, _row_id(ev.event_id, seq), message.get("role") or "",
+        content, ev.model, raw.get("token_id") or 0, raw.get("channel_id") or 0, 0, 0, 0,
+        bool(raw.get("is_stream")), None, None, other, raw.get("ip"), ev.event_id, seq, ev.ms, False,
+        ordinal, position, digest.hex(), None,
+    )  # fmt: skip
+
+
 def _placed_rows(
     ev: Prepared,
     state: ConversationState,
@@ -610,27 +615,15 @@ def _placed_rows(
 ) -> list[int]:
     """The history rows of a request matched against its transcript (re-sends skipped, new
     messages where ``positions`` put them), appended to ``rows``; returns its context."""
-    raw, messages, eid, ms = ev.raw, ev.messages, ev.event_id, ev.ms
-    token_id, channel_id = raw.get("token_id") or 0, raw.get("channel_id") or 0
-    is_stream, ip = bool(raw.get("is_stream")), raw.get("ip")
     new_positions = iter(positions)
     context: list[int] = []
     for seq, ordinal in enumerate(ordinals):
-        if ordinal is not None:  # a re-send of a stored row
-            context.append(ordinal)
-            continue
-        message = messages[seq]
-        position = next(new_positions)
-        state.last_ordinal = ordinal = state.last_ordinal + 1
-        state.max_position = max(state.max_position, position)
+        if ordinal is None:  # new: the next ordinal, where the transcript placed it
+            position = next(new_positions)
+            state.last_ordinal = ordinal = state.last_ordinal + 1
+            state.max_position = max(state.max_position, position)
+            rows.append(_history_row(ev, seq, ordinal, position, digests[seq], now_s))
         context.append(ordinal)
-        content, is_json = content_column(message.get("content"))
-        extra = _extras(message, is_json)
-        rows.append((
-            ev.user_id, ms // 1000, now_s, ev.conversation_id, _row_id(eid, seq), message.get("role") or "",
-            content, ev.model, token_id, channel_id, 0, 0, 0, is_stream, None, None,
-            _dumps(extra) if extra else None, ip, eid, seq, ms, False, ordinal, position, digests[seq].hex(), None,
-        ))  # fmt: skip
     return context
 
 
