@@ -2,6 +2,7 @@
 
     python bench/before_after.py --backend all --events 20000 --pairs 5
     python bench/before_after.py --commit c5a8329 --backend sqlite --phases
+    python bench/before_after.py --pipeline --backend postgresql --processes 1 --pairs 5
 
 Both sides write the same events (``bench/writer.py``'s multi-turn chats, generated once
 and handed to both as JSON) with ``BatchWriter.write`` in batches of ``--batch``, on one
@@ -16,6 +17,14 @@ ratio after ÷ before, and with ``--phases`` one instrumented run per side that 
 the time into planning (Python) and statements (the database). The default commit is
 the last before request transcripts (``tests/legacy.py``): what the trust issue's
 writer is compared with.
+
+With ``--pipeline`` each run is instead one side's own ``bench/pipeline.py``
+``end_to_end``: a producer records the events into a ``redis-server`` of the run's own and
+``--processes`` ``mes worker`` processes write them, the clock running from the first
+record to the last committed event. The run's process and the workers it starts get the
+side's package by ``PYTHONPATH`` (and a working folder without a ``mes`` of its own), so
+the workers are the side's workers. Prints the median events per second of each side,
+the ratio, and the workers' CPU per event (µs, medians): what a slower side spends.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +45,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def _configure_logging() -> Any:
+    """The side's ``configure_logging``, where its layout keeps it."""
+    try:
+        from mes.log import configure_logging
+    except ImportError:  # before the redesign: mes.core.log
+        from mes.core.log import configure_logging  # type: ignore[no-redef]
+    return configure_logging
+
+
 def one(site: str, bench: str, backend: str, events_file: str, batch: int, phases: bool, db: str) -> None:
     """One side, one run (a subprocess): prints its figures as JSON."""
     if site:
@@ -44,7 +63,7 @@ def one(site: str, bench: str, backend: str, events_file: str, batch: int, phase
 
     import writer  # this side's bench/writer.py
 
-    from mes.core.log import configure_logging
+    configure_logging = _configure_logging()
 
     configure_logging(level=logging.ERROR)
     with open(events_file, "rb") as f:
@@ -64,6 +83,37 @@ def one(site: str, bench: str, backend: str, events_file: str, batch: int, phase
         finally:
             target.reset()
     print(json.dumps(out))
+
+
+def one_pipeline(
+    bench: str, backend: str, events_file: str, warm: int, processes: int, batch: int, db: str
+) -> None:
+    """One side, one end-to-end run (a subprocess whose ``PYTHONPATH`` holds the side's package)."""
+    sys.path.insert(0, bench)
+    import logging
+
+    import pipeline  # this side's bench/pipeline.py
+    import writer
+
+    configure_logging = _configure_logging()
+
+    configure_logging(level=logging.ERROR)
+    with open(events_file, "rb") as f:
+        events = orjson.loads(f.read())
+    folder = tempfile.mkdtemp(prefix="mes-bench-ba-")
+    redis = pipeline.Redis(folder)
+    target = writer.Target(
+        backend, f"root:@tcp(127.0.0.1:3306)/{db}", f"postgres://postgres@127.0.0.1:5432/{db}", folder
+    )
+    try:
+        seconds, spent = pipeline.end_to_end(
+            target, redis, writer.make_events(warm, seed=8), events, processes, folder, batch
+        )
+    finally:
+        target.reset()
+        redis.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    print(json.dumps({"seconds": seconds, "spent": spent}))
 
 
 def checkout(commit: str, into: str) -> tuple[str, str]:
@@ -97,10 +147,46 @@ def run_side(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def run_pipeline_side(side: tuple[str, str], backend: str, events_file: str, args: argparse.Namespace) -> Any:
+    site, bench = side
+    db = f"mes_bench_ba_{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if site:
+        env["PYTHONPATH"] = site
+    with tempfile.TemporaryDirectory() as cwd:  # no mes/ of this checkout on the workers' path
+        done = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "_pipeline", bench, backend, events_file,
+             str(args.warm), str(args.processes), str(args.batch), db],
+            capture_output=True, text=True, cwd=cwd, env=env,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"{backend}: a run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def planning_share(spent: dict[str, float], total: float) -> tuple[float, float]:
     plan = sum(v for k, v in spent.items() if k.startswith("plan "))
     statements = sum(v for k, v in spent.items() if k.startswith(("insert ", "upsert ", "read ")))
     return plan / total, statements / total
+
+
+def pipeline_pairs(
+    backend: str, before: tuple[str, str], after: tuple[str, str], events_file: str, args: argparse.Namespace
+) -> None:
+    runs: dict[str, list[Any]] = {"before": [], "after": []}
+    for n in range(args.pairs):
+        order = [("before", before), ("after", after)]
+        for name, side in order if n % 2 == 0 else order[::-1]:
+            runs[name].append(run_pipeline_side(side, backend, events_file, args))
+    rate = {k: args.events / statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
+    cpu = {
+        k: statistics.median(r["spent"]["workers"] for r in v) / args.events * 1e6 for k, v in runs.items()
+    }
+    seconds = {k: " ".join(f"{r['seconds']:.2f}" for r in v) for k, v in runs.items()}
+    print(f"{backend:10s}  {args.processes} worker(s)  end to end: before {rate['before']:8,.0f} events/s   "
+          f"after {rate['after']:8,.0f} events/s   after ÷ before {rate['after'] / rate['before']:.2f}")  # fmt: skip
+    print(f"{'':10s}  workers' CPU per event: before {cpu['before']:.0f} µs   after {cpu['after']:.0f} µs   "
+          f"(runs, s: before {seconds['before']}; after {seconds['after']})")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,15 +195,25 @@ def main(argv: list[str] | None = None) -> int:
         site, bench, backend, events_file, batch, phases, db = argv[1:8]
         one(site, bench, backend, events_file, int(batch), phases == "1", db)
         return 0
+    if argv and argv[0] == "_pipeline":
+        bench, backend, events_file, warm, processes, batch, db = argv[1:8]
+        one_pipeline(bench, backend, events_file, int(warm), int(processes), int(batch), db)
+        return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--commit", default=None, help="the earlier commit (default: tests/legacy.py's)")
+    parser.add_argument("--after", default=None, help="a later commit instead of this checkout")
     parser.add_argument("--backend", default="all", choices=["all", "mysql", "postgresql", "sqlite"])
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--phases", action="store_true", help="and one instrumented run per side")
+    parser.add_argument("--pipeline", action="store_true", help="end to end (bench/pipeline.py) instead")
+    parser.add_argument("--processes", type=int, default=1, help="with --pipeline: mes worker processes")
+    parser.add_argument(
+        "--warm", type=int, default=1000, help="with --pipeline: events written off the clock"
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import writer
@@ -127,16 +223,25 @@ def main(argv: list[str] | None = None) -> int:
     commit = args.commit or BEFORE_TRANSCRIPTS
     backends = ["mysql", "postgresql", "sqlite"] if args.backend == "all" else [args.backend]
     with tempfile.TemporaryDirectory() as folder:
-        before = checkout(commit, folder)
-        after = ("", os.path.join(ROOT, "bench"))
+        before = checkout(commit, os.path.join(folder, "before"))
+        after = (
+            checkout(args.after, os.path.join(folder, "after"))
+            if args.after
+            else ("", os.path.join(ROOT, "bench"))
+        )
         events_file = os.path.join(folder, "events.json")
         with open(events_file, "wb") as f:
             f.write(orjson.dumps(writer.make_events(args.events)))
         head = subprocess.run(
             ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         )
-        print(f"before: {commit}   after: this checkout ({head.stdout.strip()})   "
+        after_name = args.after or f"this checkout ({head.stdout.strip()})"
+        print(f"before: {commit}   after: {after_name}   "
               f"{args.events} events, batches of {args.batch}, {args.pairs} pairs")  # fmt: skip
+        if args.pipeline:
+            for backend in backends:
+                pipeline_pairs(backend, before, after, events_file, args)
+            return 0
         for backend in backends:
             times: dict[str, list[float]] = {"before": [], "after": []}
             for n in range(args.pairs):

@@ -13,27 +13,32 @@ import pathlib
 import subprocess
 import sys
 import tarfile
+import tomllib
 from typing import Any
 
 # The last commit before transcripts (storage.migrate's step 2).
 BEFORE_TRANSCRIPTS = "c5a8329"
-_FOLDERS = ("core", "schemas", "storage", "producer", "worker", "reader", "api")
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def checkout(commit: str, into: pathlib.Path) -> pathlib.Path:
-    """The ``mes`` package of ``commit`` under ``into``; returns the folder to put on sys.path."""
+    """The ``mes`` package of ``commit`` under ``into``, laid out as that commit's
+    ``pyproject.toml`` maps its folders; returns the folder to put on sys.path."""
+    pyproject = subprocess.run(
+        ["git", "-C", str(_ROOT), "show", f"{commit}:pyproject.toml"], check=True, capture_output=True
+    ).stdout
+    mapping: dict[str, str] = tomllib.loads(pyproject.decode())["tool"]["setuptools"]["package-dir"]
     archive = subprocess.run(
-        ["git", "-C", str(_ROOT), "archive", "--format=tar", commit, "mes", *_FOLDERS],
+        ["git", "-C", str(_ROOT), "archive", "--format=tar", commit, *sorted(set(mapping.values()))],
         check=True, capture_output=True,
     ).stdout  # fmt: skip
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into / "tree", filter="data")
-    package = into / "site" / "mes"
-    package.parent.mkdir(parents=True)
-    (into / "tree" / "mes").rename(package)
-    for folder in _FOLDERS:
-        (into / "tree" / folder).rename(package / folder)
+    # the top package first, then the folders mapped under it
+    for package, folder in sorted(mapping.items(), key=lambda kv: kv[0].count(".")):
+        target = into / "site" / package.replace(".", "/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (into / "tree" / folder).rename(target)
     return into / "site"
 
 
