@@ -88,7 +88,11 @@ def one(site: str, bench: str, backend: str, events_file: str, batch: int, phase
 def one_pipeline(
     bench: str, backend: str, events_file: str, warm: int, processes: int, batch: int, db: str
 ) -> None:
-    """One side, one end-to-end run (a subprocess whose ``PYTHONPATH`` holds the side's package)."""
+    """One side, one end-to-end run (a subprocess whose ``PYTHONPATH`` holds the side's package).
+
+    This checkout's folder leaves the path: its ``mes/`` would shadow the side's package
+    in this process (the producer, the ledger polls) though not in the workers."""
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != ROOT]
     sys.path.insert(0, bench)
     import logging
 
