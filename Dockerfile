@@ -8,13 +8,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY requirements ./requirements
 COPY mes ./mes
-COPY core ./core
 COPY schemas ./schemas
-COPY storage ./storage
 COPY producer ./producer
 COPY worker ./worker
-COPY reader ./reader
-COPY api ./api
 RUN pip install -c requirements/lock.txt . \
     && useradd --system --uid 10001 --home-dir /data mes \
     && mkdir -p /data && chown mes /data

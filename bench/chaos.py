@@ -57,9 +57,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import writer as wbench  # noqa: E402
 
-from mes.core.log import configure_logging  # noqa: E402
-from mes.core.settings import ProducerSettings  # noqa: E402
+from mes.config.settings import ProducerSettings  # noqa: E402
 from mes.embedded import find_redis_binary  # noqa: E402
+from mes.log import configure_logging  # noqa: E402
 from tests.netproxy import Proxy  # noqa: E402
 from tests.sentinel_cluster import SentinelCluster  # noqa: E402
 
@@ -184,7 +184,7 @@ class Chaos:
         if args.dsn:
             dsn = args.dsn
         self.target = wbench.Target(args.backend, dsn, dsn, self.folder)
-        from mes.core.settings import DatabaseSettings
+        from mes.config.settings import DatabaseSettings
 
         self.target.settings = DatabaseSettings.from_env({"MES_SQL_DSN": dsn, "MES_DAILY_PARTITION": "true",
                                                           "SQL_MAX_IDLE_CONNS": "4", "MES_DATA_DIR": self.folder})  # fmt: skip

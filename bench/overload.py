@@ -26,8 +26,8 @@ import orjson
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import chaos
 
-from mes.core.log import configure_logging
-from mes.core.settings import ProducerSettings
+from mes.config.settings import ProducerSettings
+from mes.log import configure_logging
 
 
 def vm_hwm_kb() -> int:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     c = chaos.Chaos(
         chaos.parse(["--backend", args.backend, "--database", "mes_overload", "--workers", str(args.workers)])
     )
-    from mes.core.queue import queue_figures
+    from mes.queue import queue_figures
     from mes.storage import Storage
 
     try:

@@ -60,9 +60,9 @@ import gc
 
 import writer as wbench
 
-from mes.core.log import configure_logging
-from mes.core.settings import ProducerSettings
+from mes.config.settings import ProducerSettings
 from mes.embedded import find_redis_binary, free_port
+from mes.log import configure_logging
 from mes.producer import Producer
 
 DB = "mes_bench_pipeline"

@@ -44,9 +44,9 @@ from typing import Any
 
 import orjson
 
-from mes.core.log import configure_logging
-from mes.core.settings import ProducerSettings
+from mes.config.settings import ProducerSettings
 from mes.embedded import find_redis_binary, free_port
+from mes.log import configure_logging
 from mes.producer import Producer
 from mes.producer.producer import _envelope  # a bench may build the producer's own event
 
@@ -177,7 +177,7 @@ def run_go_pattern(
     """INSERT + COMMIT per message on the calling thread, as the Go MESHelper does."""
     from sqlalchemy import MetaData, create_engine, insert, text
 
-    from mes.core.dsn import parse_dsn
+    from mes.config.dsn import parse_dsn
     from mes.storage.engine import sqlalchemy_url
     from mes.storage.tables import chat_table
 

@@ -42,9 +42,9 @@ from sqlalchemy import text
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import writer as wbench
 
-from mes.core.log import configure_logging
-from mes.core.settings import DatabaseSettings
+from mes.config.settings import DatabaseSettings
 from mes.embedded import free_port
+from mes.log import configure_logging
 from mes.storage import Storage
 from mes.storage.engine import sqlalchemy_url
 

@@ -24,8 +24,8 @@ import orjson
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import chaos
 
-from mes.core.log import configure_logging
-from mes.core.settings import ProducerSettings
+from mes.config.settings import ProducerSettings
+from mes.log import configure_logging
 
 
 def rss_mb(pid: int) -> float:

@@ -45,8 +45,8 @@ import orjson
 from sqlalchemy import Column, MetaData, Table, create_engine, insert, select, text
 from sqlalchemy.pool import NullPool
 
-from mes.core.log import configure_logging
-from mes.core.settings import DatabaseSettings
+from mes.config.settings import DatabaseSettings
+from mes.log import configure_logging
 from mes.storage import Storage
 from mes.storage.bulk import bulk_for
 from mes.storage.engine import sqlalchemy_url

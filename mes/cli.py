@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__
+from mes import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -18,7 +18,7 @@ def _settings() -> Any:
     a ``mes up`` running on the same data folder, if there is one."""
     import os
 
-    from mes.core.settings import Settings, data_dir
+    from mes.config.settings import Settings, data_dir
     from mes.embedded import runtime_redis_url
 
     env = dict(os.environ)
@@ -35,7 +35,7 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mes.core.errors import ConfigError, RetryableError
+        from mes.errors import ConfigError, RetryableError
 
         try:
             return func(*args, **kwargs)
@@ -86,7 +86,7 @@ def main() -> None:
 @handle_errors
 def init_db() -> None:
     """Create the MES database if missing, its tables, and the coming days' tables."""
-    from mes.core.log import configure_logging
+    from mes.log import configure_logging
     from mes.storage import Storage
 
     settings = _settings()
@@ -123,7 +123,7 @@ def worker(processes: int, burst: bool, name: str | None, skip_checks: bool) -> 
     """
     import os
 
-    from mes.core.log import configure_logging
+    from mes.log import configure_logging
     from mes.startup import check_database, check_redis, startup_wait
 
     settings = _settings()
@@ -169,7 +169,7 @@ class _QueueTools:
     """Settings, Redis, keys and the MES queue, for the commands that touch the queue."""
 
     def __init__(self) -> None:
-        from mes.core.queue import Keys, make_queue
+        from mes.queue import Keys, make_queue
         from mes.worker.main import connect
         from mes.worker.safety import MESJob
 
@@ -239,7 +239,7 @@ def replay_spool_cmd(directory: str | None) -> None:
     if directory:
         producer_settings = dataclasses.replace(producer_settings, spool_dir=directory)
     if not settings.queue.redis_url:
-        from mes.core.errors import ConfigError
+        from mes.errors import ConfigError
 
         raise ConfigError("REDIS_CONN_STRING is not set: the spool can only be re-sent to a Redis")
     click.echo(f"re-sent {replay_spool(producer_settings)} event(s)")
@@ -264,8 +264,8 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
 
     import uvicorn
 
-    from mes.core.errors import QueueUnavailable
-    from mes.core.log import configure_logging
+    from mes.errors import QueueUnavailable
+    from mes.log import configure_logging
     from mes.startup import check_database, check_listen, check_redis, startup_wait
 
     settings = _settings()
@@ -305,8 +305,8 @@ def up(workers: int, host: str | None, port: int | None) -> None:
     """Run all of MES here: workers and the read API, on the configured database and Redis,
     or with nothing configured on SQLite and an embedded Redis in MES_DATA_DIR.
     Ctrl-C stops it in order, losing nothing."""
-    from mes.core.log import configure_logging
-    from mes.core.settings import Settings
+    from mes.config.settings import Settings
+    from mes.log import configure_logging
     from mes.up import run_up
 
     settings = Settings.from_env()  # not _settings(): an old run file must not stand in for Redis
@@ -325,7 +325,7 @@ def demo(user_id: int, timeout: float) -> None:
     (needs a running `mes up`, or a `mes worker` on the same Redis and database)."""
     settings = _settings()
     if not settings.queue.redis_url:
-        from mes.core.errors import ConfigError
+        from mes.errors import ConfigError
 
         raise ConfigError("REDIS_CONN_STRING is not set and no `mes up` is running on this MES_DATA_DIR")
     from mes.demo import run_demo
@@ -340,7 +340,7 @@ def migrate() -> None:
 
     Every MES process does this at start-up under a lock; this command does it alone and
     says what it did. Idempotent: run it as often as you like."""
-    from mes.core.log import configure_logging
+    from mes.log import configure_logging
     from mes.storage import Storage
     from mes.storage.migrate import CURRENT
 
@@ -377,7 +377,7 @@ def verify() -> None:
     click.echo("index and rollups equal a recount of the rows")
 
 
-from .cli_ops import register as _register_ops  # noqa: E402  (partitions, doctor, stats)
+from mes.cli_ops import register as _register_ops  # noqa: E402  (partitions, doctor, stats)
 
 _register_ops(main, handle_errors)
 

@@ -14,7 +14,7 @@ __all__ = ["register"]
 
 
 def _settings() -> Any:
-    from .cli import _settings as settings
+    from mes.cli import _settings as settings
 
     return settings()
 
@@ -240,9 +240,9 @@ def _doctor_database(report: _Report, settings: Any) -> Any:
 def _doctor_redis(report: _Report, settings: Any) -> Any:
     import redis
 
-    from mes.core.queue import queue_figures
-    from mes.core.redis_conn import connect as redis_connect
-    from mes.core.redis_conn import describe
+    from mes.queue import queue_figures
+    from mes.redis_conn import connect as redis_connect
+    from mes.redis_conn import describe
 
     url = settings.queue.redis_url
     if not url:
@@ -346,8 +346,7 @@ def _doctor_auth(report: _Report, settings: Any) -> None:
     from sqlalchemy import create_engine, inspect
 
     from mes.storage.engine import sqlalchemy_url
-
-    from .up import key_file
+    from mes.up import key_file
 
     if settings.main_db is None:
         kept = key_file(os.path.abspath(settings.data_dir))
@@ -379,7 +378,7 @@ def doctor() -> None:
     """Check configuration, connectivity, permissions, versions, Redis's eviction policy,
     the backlog, failed jobs, dead letters and the spool; print a fix for each problem.
     Exits 1 if anything FAILed."""
-    from mes.core.errors import ConfigError
+    from mes.errors import ConfigError
 
     report = _Report()
     try:
@@ -415,9 +414,9 @@ def stats(days: int, as_json: bool) -> None:
     import redis
     from sqlalchemy import func, select
 
-    from mes.core.days import date_of_int, day_int
-    from mes.core.queue import queue_figures
-    from mes.core.redis_conn import connect as redis_connect
+    from mes.days import date_of_int, day_int
+    from mes.queue import queue_figures
+    from mes.redis_conn import connect as redis_connect
     from mes.worker.brake import figures as braked_figures
 
     settings = _settings()

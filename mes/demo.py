@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .core.settings import Settings
+from mes.config.settings import Settings
 
 __all__ = ["run_demo"]
 
@@ -33,9 +33,9 @@ def _completion(text: str, model: str, prompt: int, completion: int) -> dict[str
 
 
 def run_demo(settings: Settings, *, user_id: int, timeout: float) -> int:
-    from .producer import Producer
-    from .reader import HistoryReader
-    from .storage import Storage
+    from mes.producer import Producer
+    from mes.reader import HistoryReader
+    from mes.storage import Storage
 
     tag = uuid.uuid4().hex[:6]
     producer = Producer(settings.producer)

@@ -21,7 +21,7 @@ import subprocess
 import time
 from typing import Any
 
-from .core.errors import ConfigError
+from mes.errors import ConfigError
 
 __all__ = ["EmbeddedRedis", "find_redis_binary", "free_port", "remembered_redis_url", "runtime_redis_url"]
 

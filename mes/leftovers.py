@@ -22,7 +22,7 @@ import os
 import signal
 import time
 
-from .core.errors import ConfigError
+from mes.errors import ConfigError
 
 __all__ = ["Note"]
 

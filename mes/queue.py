@@ -28,7 +28,7 @@ from redis import Redis
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
-from .settings import QueueSettings
+from mes.config.settings import QueueSettings
 
 __all__ = [
     "JOB_FUNCTION",

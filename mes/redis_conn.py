@@ -36,7 +36,7 @@ import functools
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from .errors import ConfigError
+from mes.errors import ConfigError
 
 __all__ = ["RedisTarget", "connect", "describe", "parse_redis_url"]
 

@@ -1,8 +1,8 @@
 """Start-up checks of the ``mes`` commands: each problem is one line, said before anything starts.
 
 A command that needs the database or Redis asks them first and turns what went wrong
-into a :class:`~mes.core.errors.ConfigError` (a setting to fix: exit 2) or a
-:class:`~mes.core.errors.RetryableError` (a dependency that does not answer: exit 3),
+into a :class:`~mes.errors.ConfigError` (a setting to fix: exit 2) or a
+:class:`~mes.errors.RetryableError` (a dependency that does not answer: exit 3),
 whose message names the variable, the address (never a password) and the fix.
 ``MES_STARTUP_WAIT`` (seconds, default 0) lets a command wait that long for a dependency
 that does not answer yet (an orchestrator starting MES with its database) before it gives up.
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from .core.errors import ConfigError, DatabaseUnavailable, QueueUnavailable, RetryableError
+from mes.errors import ConfigError, DatabaseUnavailable, QueueUnavailable, RetryableError
 
 __all__ = ["check_database", "check_listen", "check_redis", "redis_address", "startup_wait"]
 
@@ -61,14 +61,14 @@ def _waiting(check: Callable[[], T], what: str, wait_s: float) -> T:
             if time.monotonic() >= deadline:
                 raise
             attempt += 1
-            from .worker.main import _pause
+            from mes.worker.main import _pause
 
             _pause(what, exc, attempt)
 
 
 def check_database(settings: Any, wait_s: float = 0.0) -> None:
     """Open the MES database as every process does (create it if missing, migrate), then close."""
-    from .storage import Storage
+    from mes.storage import Storage
 
     source = settings.database.source
 
@@ -88,7 +88,7 @@ def check_redis(settings: Any, wait_s: float = 0.0) -> None:
     import redis
     from redis.exceptions import AuthorizationError
 
-    from .worker.main import connect
+    from mes.worker.main import connect
 
     url = settings.queue.redis_url
     where = redis_address(url) if url else ""

@@ -22,8 +22,8 @@ from typing import Any
 
 import click
 
-from .core.errors import ConfigError
-from .core.settings import Settings
+from mes.config.settings import Settings
+from mes.errors import ConfigError
 
 __all__ = ["key_file", "operator_key", "run_up", "serve_app"]
 
@@ -61,10 +61,10 @@ def run_up(settings: Settings, *, workers: int, host: str | None, port: int | No
     """Start what is missing, check what is configured, then serve; the banner comes once
     every part is up. A part that is not up is one line (a ConfigError or RetryableError
     naming it) and nothing claims to be up."""
-    from .api.app import create_app
-    from .embedded import EmbeddedRedis
-    from .leftovers import Note
-    from .startup import check_database, check_listen, check_redis, startup_wait
+    from mes.api.app import create_app
+    from mes.embedded import EmbeddedRedis
+    from mes.leftovers import Note
+    from mes.startup import check_database, check_listen, check_redis, startup_wait
 
     data_dir = os.path.abspath(settings.data_dir)
     env = dict(os.environ)

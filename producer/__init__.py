@@ -11,7 +11,7 @@
                                 model_name, user_id, token_id, channel_id)
 
 Call ``get_producer()`` once at start-up: a configuration error (a malformed
-``REDIS_CONN_STRING``) is raised there, as a :class:`~mes.core.errors.ConfigError`,
+``REDIS_CONN_STRING``) is raised there, as a :class:`~mes.errors.ConfigError`,
 and never from a request. This package imports neither SQLAlchemy nor a database driver.
 """
 
@@ -20,9 +20,9 @@ from __future__ import annotations
 import os
 import threading
 
-from ..core.metrics import register_producer_collector
-from ..core.settings import ProducerSettings
-from .producer import _LIVE, Producer, ProducerStats
+from mes.config.settings import ProducerSettings
+from mes.metrics import register_producer_collector
+from mes.producer.producer import _LIVE, Producer, ProducerStats
 
 __all__ = ["Producer", "ProducerStats", "get_producer"]
 

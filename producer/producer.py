@@ -37,12 +37,12 @@ from typing import Any
 
 import orjson
 
-from ..core.log import get_logger
-from ..core.settings import ProducerSettings
-from ..schemas.ids import new_event_id
-from ..schemas.limits import MAX_EVENT_BYTES
-from .batcher import Batcher
-from .spool import Spool
+from mes.config.settings import ProducerSettings
+from mes.log import get_logger
+from mes.producer.batcher import Batcher
+from mes.producer.spool import Spool
+from mes.schemas.ids import new_event_id
+from mes.schemas.limits import MAX_EVENT_BYTES
 
 __all__ = ["Producer", "ProducerStats"]
 
@@ -183,7 +183,7 @@ class Producer:
         # flush): at interpreter exit the flusher may not import modules any more.
         self._transport: Any = None
         if redis is not None or settings.queue.redis_url:
-            from .transport import Transport
+            from mes.producer.transport import Transport
 
             self._transport = Transport(settings, redis)
         self._recorded = self._enqueued = self._spooled = self._resent = self._dropped = 0

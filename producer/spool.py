@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ..core.log import get_logger
+from mes.log import get_logger
 
 __all__ = ["MAX_LINE_BYTES", "Spool", "SpoolFile"]
 

@@ -14,10 +14,10 @@ import redis
 from redis.connection import Encoder, PythonRespSerializer
 from redis.sentinel import SentinelManagedConnection
 
-from ..core.queue import Keys, enqueue_batch, make_queue
-from ..core.redis_conn import connect, parse_redis_url
-from ..core.settings import ProducerSettings
-from ..schemas.ids import new_event_id
+from mes.config.settings import ProducerSettings
+from mes.queue import Keys, enqueue_batch, make_queue
+from mes.redis_conn import connect, parse_redis_url
+from mes.schemas.ids import new_event_id
 
 __all__ = ["NotReplicated", "Transport", "connect_redis"]
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, NotRequired, get_args, get_origin
 from pydantic import BaseModel, TypeAdapter
 from typing_extensions import TypedDict
 
-from .events import Event
+from mes.schemas.events import Event
 
 __all__ = ["EVENT_CHECK", "typed_dict_of"]
 

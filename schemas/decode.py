@@ -1,4 +1,4 @@
-"""Bytes to a validated event, or an :class:`~mes.core.errors.InvalidEvent` with a reason.
+"""Bytes to a validated event, or an :class:`~mes.errors.InvalidEvent` with a reason.
 
 The worker calls :func:`decode_event` on every item it takes from Redis, whoever wrote
 it. Rules that JSON Schema cannot say are checked here and written down in
@@ -20,9 +20,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ..core.errors import InvalidEvent
-from .check import EVENT_CHECK
-from .limits import CONTRACT_LIMIT, MAX_EVENT_BYTES, SizeLimit
+from mes.errors import InvalidEvent
+from mes.schemas.check import EVENT_CHECK
+from mes.schemas.limits import CONTRACT_LIMIT, MAX_EVENT_BYTES, SizeLimit
 
 __all__ = ["MAX_EVENT_BYTES", "decode_event", "validate_event"]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from .events import ChatEvent, ErrorEvent, Event
+from mes.schemas.events import ChatEvent, ErrorEvent, Event
 
 __all__ = ["FILES", "render", "write"]
 

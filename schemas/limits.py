@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..core.errors import InvalidEvent
+from mes.errors import InvalidEvent
 
 __all__ = ["CONTRACT_LIMIT", "MAX_EVENT_BYTES", "EventTooLarge", "SizeLimit"]
 

@@ -34,8 +34,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from mes.core.dsn import parse_dsn
-from mes.core.settings import DatabaseSettings
+from mes.config.dsn import parse_dsn
+from mes.config.settings import DatabaseSettings
 from mes.storage import Storage
 from mes.storage.engine import sqlalchemy_url
 

@@ -11,7 +11,7 @@ from sqlalchemy import inspect, text
 
 from mes.api import Services, create_app
 from mes.api.auth import Authenticator
-from mes.core.settings import Settings
+from mes.config.settings import Settings
 from mes.reader import HistoryReader
 
 from . import newapi

@@ -18,7 +18,7 @@ from schemathesis import checks
 
 from mes.api import Services, create_app
 from mes.api.auth import Authenticator
-from mes.core.settings import Settings
+from mes.config.settings import Settings
 from mes.producer import Producer
 from mes.reader import HistoryReader
 

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mes.api import Services, create_app
 from mes.api.auth import Authenticator
-from mes.core.settings import Settings
+from mes.config.settings import Settings
 from mes.embedded import free_port
 from mes.producer import Producer
 from mes.reader import HistoryReader

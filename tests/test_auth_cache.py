@@ -15,7 +15,7 @@ from sqlalchemy import event, insert
 from mes.api import Services, create_app
 from mes.api import auth as auth_module
 from mes.api.auth import Authenticator, AuthError
-from mes.core.settings import Settings
+from mes.config.settings import Settings
 from mes.reader import HistoryReader
 
 from . import newapi

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from mes.core.errors import ConfigError
+from mes.errors import ConfigError
 from mes.storage import Storage
 from mes.storage.engine import sqlalchemy_url
 

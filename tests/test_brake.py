@@ -10,7 +10,7 @@ from rq.registry import FailedJobRegistry
 from sqlalchemy import text
 
 from mes.cli import main as cli
-from mes.core.queue import make_queue
+from mes.queue import make_queue
 from mes.worker.safety import MESJob
 
 from .factories import assert_consistent, chat

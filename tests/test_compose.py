@@ -1,6 +1,6 @@
 """docker-compose.yml renders DSNs MES reads as meant: docker-compose itself renders the
 file (``config``), with no .env and with .env copied from .env.example, and MES's own
-parsers (core/dsn.py through ``Settings.from_env``) read every service's environment.
+parsers (mes/config/dsn.py through ``Settings.from_env``) read every service's environment.
 Checking only that the file parses let a DSN through whose nested default docker-compose
 1.x cut at the first ``}`` (password ``123456@tcp(mysql:3306)/new-api-mes``, database
 ``new-api-mes}``). ``.ci/compose-check`` installs docker-compose (v1.29, Debian's)."""
@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from redis.connection import parse_url
 
-from mes.core.settings import Settings
+from mes.config.settings import Settings
 
 from . import readme
 from .conftest import missing

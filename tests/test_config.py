@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from mes.core.dsn import parse_dsn
-from mes.core.errors import ConfigError
-from mes.core.settings import DatabaseSettings, QueueSettings, Settings
+from mes.config.dsn import parse_dsn
+from mes.config.settings import DatabaseSettings, QueueSettings, Settings
+from mes.errors import ConfigError
 from mes.storage.engine import sqlalchemy_url
 
 SECRET = "s3cr@t:/?pw"

@@ -22,6 +22,6 @@ def test_the_image_copies_every_package_folder():
 def test_compose_sets_only_variables_mes_reads():
     compose = (ROOT / "docker-compose.yml").read_text()
     names = set(re.findall(r"^\s+((?:MES|SQL|REDIS)_[A-Z_]+|TZ|DEBUG):", compose, re.M))
-    code = "".join(p.read_text() for p in (ROOT / "core").glob("*.py"))
+    code = "".join(p.read_text() for p in (ROOT / "mes" / "config").glob("*.py"))
     unknown = {n for n in names if f'"{n}"' not in code}
     assert names and not unknown, unknown

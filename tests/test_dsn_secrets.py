@@ -13,9 +13,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mes.core.dsn import parse_dsn
-from mes.core.errors import ConfigError
-from mes.core.settings import DatabaseSettings, ProducerSettings, Settings
+from mes.config.dsn import parse_dsn
+from mes.config.settings import DatabaseSettings, ProducerSettings, Settings
+from mes.errors import ConfigError
 from mes.producer.transport import connect_redis
 
 SPECIALS = "@:/?#()"

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from mes.core.errors import InvalidEvent
-from mes.core.settings import ProducerSettings
+from mes.config.settings import ProducerSettings
+from mes.errors import InvalidEvent
 from mes.producer import Producer
 from mes.producer.producer import serialize
 from mes.reader import HistoryReader

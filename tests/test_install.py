@@ -21,12 +21,13 @@ ROOT = pathlib.Path(__file__).parent.parent
 CHECK = r"""
 import json, pathlib, sys
 import schemas, worker                      # the application's own modules
-import mes, mes.schemas, mes.worker, mes.producer, mes.storage, mes.reader, mes.api, mes.core
+import mes, mes.schemas, mes.worker, mes.producer, mes.storage, mes.reader, mes.api, mes.config
 assert schemas.MARKER == "app" and worker.MARKER == "app", "the app's modules were shadowed"
 from mes.schemas import validate_event      # ours, under the namespace
 files = sorted(p.name for p in pathlib.Path(mes.schemas.__file__).parent.glob("*.schema.json"))
 print(json.dumps({"mes": mes.__file__, "schemas": mes.schemas.__file__, "app": schemas.__file__,
-                  "schema_files": files, "contract": (pathlib.Path(mes.schemas.__file__).parent / "CONTRACT.md").exists()}))
+                  "schema_files": files, "contract": (pathlib.Path(mes.schemas.__file__).parent / "CONTRACT.md").exists(),
+                  "typed": (pathlib.Path(mes.__file__).parent / "py.typed").exists()}))
 """
 
 
@@ -89,6 +90,7 @@ def test_regular_install_from_a_wheel(tmp_path):
         "event.v1.schema.json",
     ]
     assert found["contract"]
+    assert found["typed"]  # PEP 561: type checkers read MES's annotations
     helped = subprocess.run(
         [str(tmp_path / "venv" / "bin" / "mes"), "--help"], capture_output=True, text=True, cwd=app
     )

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from mes.core.dsn import parse_dsn
+from mes.config.dsn import parse_dsn
 from mes.storage.engine import sqlalchemy_url
 
 from .catalog import inventory

@@ -18,8 +18,8 @@ from sqlalchemy import text
 from mes.api import Services, create_app
 from mes.api.auth import Authenticator
 from mes.cli import main as cli
-from mes.core.queue import make_queue
 from mes.producer import Producer
+from mes.queue import make_queue
 from mes.reader import HistoryReader
 from mes.schemas.decode import MAX_EVENT_BYTES
 from mes.storage import Storage

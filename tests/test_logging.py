@@ -8,7 +8,7 @@ import logging
 
 import structlog
 
-from mes.core.log import configure_logging, get_logger
+from mes.log import configure_logging, get_logger
 
 EARLY = get_logger("mes.test.early")  # made at import, before anything is configured
 

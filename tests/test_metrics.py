@@ -14,9 +14,9 @@ import httpx
 import orjson
 from prometheus_client import REGISTRY, generate_latest
 
-from mes.core.metrics import register_queue_collector
-from mes.core.queue import queue_figures
+from mes.metrics import register_queue_collector
 from mes.producer import Producer
+from mes.queue import queue_figures
 from mes.storage import Storage
 
 from .factories import conversation
@@ -74,7 +74,7 @@ def test_a_worker_serves_metrics_on_its_port(backend, redis_server):
 
 
 def test_producer_counters_are_exported_at_scrape_time(tmp_path):
-    from mes.core.settings import ProducerSettings
+    from mes.config.settings import ProducerSettings
 
     producer = Producer(
         ProducerSettings.from_env({"MES_SPOOL_DIR": str(tmp_path / "spool")})

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from sqlalchemy import inspect, text
 
 from mes.cli import main as cli
-from mes.core.settings import Settings
+from mes.config.settings import Settings
 from mes.reader import HistoryReader
 from mes.storage import Storage
 from mes.worker.context import WorkerContext

@@ -18,9 +18,9 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from sqlalchemy import text
 
 from mes.cli import main as cli
-from mes.core.queue import Keys, make_queue
-from mes.core.settings import Settings
+from mes.config.settings import Settings
 from mes.producer import Producer
+from mes.queue import Keys, make_queue
 from mes.storage import Storage
 from mes.worker.context import WorkerContext, install
 from mes.worker.runner import MESWorker

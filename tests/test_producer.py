@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from mes.core.settings import ProducerSettings
+from mes.config.settings import ProducerSettings
 from mes.producer import Producer
 from mes.producer.batcher import Batcher
 
@@ -321,7 +321,7 @@ def test_a_lone_event_leaves_within_the_linger_even_after_the_flusher_went_idle(
     reach Redis within MES_LINGER_MS (plus a round trip), not at the next idle tick."""
     import time
 
-    from mes.core.settings import ProducerSettings
+    from mes.config.settings import ProducerSettings
     from mes.producer import Producer
 
     settings = ProducerSettings.from_env({"REDIS_CONN_STRING": redis_server.url, "MES_SPOOL_DIR": str(tmp_path),

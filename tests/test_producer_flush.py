@@ -12,7 +12,7 @@ import signal
 import time
 from typing import Any
 
-from mes.core.settings import ProducerSettings
+from mes.config.settings import ProducerSettings
 from mes.producer import Producer
 from mes.producer.batcher import Batcher
 

@@ -263,7 +263,7 @@ def test_tables_of_the_go_version_are_refused_with_one_clear_line(backend):
     """MES does not write into a Go-era table that lacks its columns: it says so at start."""
     from sqlalchemy import text
 
-    from mes.core.errors import ConfigError
+    from mes.errors import ConfigError
 
     storage = backend.storage(daily=False)
     with storage.engine.begin() as conn:

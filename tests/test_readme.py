@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 
-from mes.core.settings import DatabaseSettings
+from mes.config.settings import DatabaseSettings
 from mes.reader import HistoryReader
 from mes.storage import Storage
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from mes.core.settings import Settings
+from mes.config.settings import Settings
 from mes.embedded import free_port
 from mes.producer import Producer
 from mes.storage import Storage

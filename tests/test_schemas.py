@@ -11,7 +11,7 @@ import jsonschema
 import orjson
 import pytest
 
-from mes.core.errors import InvalidEvent
+from mes.errors import InvalidEvent
 from mes.schemas import decode_event
 from mes.schemas.export import FILES, render
 

@@ -18,10 +18,10 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from mes.core.errors import ConfigError
-from mes.core.redis_conn import connect, describe, parse_redis_url
-from mes.core.settings import QueueSettings, Settings
+from mes.config.settings import QueueSettings, Settings
+from mes.errors import ConfigError
 from mes.producer import Producer
+from mes.redis_conn import connect, describe, parse_redis_url
 from mes.storage import Storage
 
 from .conftest import Backend, missing
@@ -214,7 +214,7 @@ def test_sentinel_url_forms_and_errors_quote_no_secret():
 def test_sentinel_client_finds_the_primary_and_rq_works_on_it(tmp_path, redis_binary):
     """connect() gives a master_for() client: writes land on the primary, reads see them,
     and an RQ queue enqueues through it."""
-    from mes.core.queue import make_queue
+    from mes.queue import make_queue
 
     cl = SentinelCluster(redis_binary, str(tmp_path / "redis"))
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from mes.core.settings import ProducerSettings
+from mes.config.settings import ProducerSettings
 from mes.producer import Producer
 from mes.producer import spool as spool_module
 from mes.producer.spool import Spool

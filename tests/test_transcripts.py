@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from mes.api import Services, create_app
 from mes.api.auth import Authenticator
-from mes.core.settings import Settings
+from mes.config.settings import Settings
 from mes.producer import Producer
 from mes.reader import HistoryReader
 from mes.schemas import decode_event

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mes.core.settings import ProducerSettings
+from mes.config.settings import ProducerSettings
 from mes.embedded import find_redis_binary, free_port, remembered_redis_url, runtime_redis_url
 from mes.producer import Producer
 

@@ -4,7 +4,7 @@
 ``mes.worker.jobs.write_batch`` (a wire contract). See ``runner`` for recovery timings.
 """
 
-from .jobs import write_batch
-from .main import run_one, supervise
+from mes.worker.jobs import write_batch
+from mes.worker.main import run_one, supervise
 
 __all__ = ["run_one", "supervise", "write_batch"]

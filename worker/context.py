@@ -14,12 +14,12 @@ import threading
 from redis import Redis
 from rq import Queue
 
-from ..core.queue import Keys, make_queue
-from ..core.settings import Settings
-from ..schemas.limits import SizeLimit
-from ..storage import Storage
-from ..storage.engine import event_limit
-from .safety import MESJob
+from mes.config.settings import Settings
+from mes.queue import Keys, make_queue
+from mes.schemas.limits import SizeLimit
+from mes.storage import Storage
+from mes.storage.engine import event_limit
+from mes.worker.safety import MESJob
 
 __all__ = ["WorkerContext", "current", "install"]
 

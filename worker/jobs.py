@@ -11,14 +11,14 @@ from typing import Any
 
 from rq import get_current_job
 
-from ..core import metrics
-from ..core.errors import InvalidEvent
-from ..core.log import get_logger
-from ..schemas import decode_event
-from ..storage import DeadLetter
-from . import brake
-from .brake import POISON_MIN_EVENTS, POISON_RATIO
-from .context import WorkerContext, current
+from mes import metrics
+from mes.errors import InvalidEvent
+from mes.log import get_logger
+from mes.schemas import decode_event
+from mes.storage import DeadLetter
+from mes.worker import brake
+from mes.worker.brake import POISON_MIN_EVENTS, POISON_RATIO
+from mes.worker.context import WorkerContext, current
 
 __all__ = ["POISON_MIN_EVENTS", "POISON_RATIO", "PoisonBatchError", "write_batch"]
 

@@ -20,12 +20,12 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..core.errors import ConfigError, DatabaseUnavailable
-from ..core.log import get_logger
-from ..core.redis_conn import connect as redis_connect
-from ..core.settings import Settings
-from .context import WorkerContext, install
-from .runner import MESWorker
+from mes.config.settings import Settings
+from mes.errors import ConfigError, DatabaseUnavailable
+from mes.log import get_logger
+from mes.redis_conn import connect as redis_connect
+from mes.worker.context import WorkerContext, install
+from mes.worker.runner import MESWorker
 
 __all__ = ["connect", "run_one", "supervise"]
 
@@ -56,9 +56,9 @@ def run_one(settings: Settings, *, burst: bool = False, name: str | None = None)
     if settings.api.metrics_port:
         from prometheus_client import start_http_server
 
-        from ..core.metrics import register_queue_collector
-        from ..core.queue import queue_figures
-        from .brake import figures as braked
+        from mes.metrics import register_queue_collector
+        from mes.queue import queue_figures
+        from mes.worker.brake import figures as braked
 
         name = settings.queue.queue_name
         start_http_server(settings.api.metrics_port, addr="0.0.0.0")

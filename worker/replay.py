@@ -24,10 +24,10 @@ from typing import Any
 from rq.registry import FailedJobRegistry
 from sqlalchemy import bindparam, delete, select
 
-from ..core.queue import Keys
-from ..core.settings import ProducerSettings
-from ..storage import Storage
-from ..storage.writer import is_truncated
+from mes.config.settings import ProducerSettings
+from mes.queue import Keys
+from mes.storage import Storage
+from mes.storage.writer import is_truncated
 
 __all__ = ["DeadLetterReplay", "replay_dead_letters", "replay_failed_jobs", "replay_spool"]
 
@@ -94,8 +94,8 @@ def replay_dead_letters(
 
 def replay_spool(settings: ProducerSettings, redis: Any = None) -> int:
     """Re-send every ready file of the spool folder; returns how many events."""
-    from ..producer.spool import Spool
-    from ..producer.transport import Transport
+    from mes.producer.spool import Spool
+    from mes.producer.transport import Transport
 
     transport = Transport(settings, redis)
     spool = Spool(settings.spool_dir)

@@ -15,7 +15,7 @@ from typing import Any
 from rq.registry import ScheduledJobRegistry
 from rq.utils import current_timestamp
 
-from .safety import MESJob
+from mes.worker.safety import MESJob
 
 __all__ = ["promote_due_retries"]
 

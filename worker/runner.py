@@ -26,11 +26,11 @@ from rq.exceptions import DequeueTimeout
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker, WorkerStatus
 
-from ..core.log import get_logger
-from .context import WorkerContext
-from .retries import promote_due_retries
-from .safety import MESJob
-from .staging import Stager
+from mes.log import get_logger
+from mes.worker.context import WorkerContext
+from mes.worker.retries import promote_due_retries
+from mes.worker.safety import MESJob
+from mes.worker.staging import Stager
 
 __all__ = ["MESWorker"]
 
@@ -116,7 +116,7 @@ class MESWorker(SimpleWorker):
             return
         if not ctx.redis.set(f"{ctx.keys.prefix}:retention:last", self.name, nx=True, ex=3600):
             return
-        from ..storage.partitions import apply_retention
+        from mes.storage.partitions import apply_retention
 
         dropped = apply_retention(ctx.storage, days)
         if dropped:

@@ -16,7 +16,7 @@ from typing import Any
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from ..core.queue import JOB_FUNCTION
+from mes.queue import JOB_FUNCTION
 
 __all__ = ["ALLOWED", "ForeignJobError", "MESJob"]
 

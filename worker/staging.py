@@ -17,10 +17,10 @@ from typing import Any
 
 from rq.job import Job
 
-from ..core.log import get_logger
-from ..core.queue import Keys, enqueue_batch
-from ..core.settings import QueueSettings
-from ..schemas.ids import new_event_id
+from mes.config.settings import QueueSettings
+from mes.log import get_logger
+from mes.queue import Keys, enqueue_batch
+from mes.schemas.ids import new_event_id
 
 __all__ = ["Stager"]
 

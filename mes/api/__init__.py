@@ -1,5 +1,5 @@
 """The HTTP API (``mes serve``): history reads, error history, ingest, health and metrics."""
 
-from .app import Services, create_app
+from mes.api.app import Services, create_app
 
 __all__ = ["Services", "create_app"]

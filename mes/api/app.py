@@ -29,20 +29,20 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from .. import __version__
-from ..core.errors import MESError
-from ..core.log import get_logger
-from ..core.metrics import observe_api_request, register_queue_collector
-from ..core.settings import Settings
-from ..reader import BadCursor, HistoryReader
-from ..storage import Storage
-from . import docs, openapi
-from . import models as m
-from .auth import Authenticator, AuthError, Principal
-from .deps import Caller, JSONResponse
-from .deps import services_of as _svc
-from .openapi import AUTH_STATUSES, responses, secured
-from .params import ApiError, check_text, parse_day, parse_time_ms, scope_user
+from mes import __version__
+from mes.api import docs, openapi
+from mes.api import models as m
+from mes.api.auth import Authenticator, AuthError, Principal
+from mes.api.deps import Caller, JSONResponse
+from mes.api.deps import services_of as _svc
+from mes.api.openapi import AUTH_STATUSES, responses, secured
+from mes.api.params import ApiError, check_text, parse_day, parse_time_ms, scope_user
+from mes.config.settings import Settings
+from mes.errors import MESError
+from mes.log import get_logger
+from mes.metrics import observe_api_request, register_queue_collector
+from mes.reader import BadCursor, HistoryReader
+from mes.storage import Storage
 
 __all__ = ["Services", "create_app"]
 
@@ -82,7 +82,7 @@ class Services:
         owned: list[Callable[[], None]] = [storage.close]
         auth_engine = None
         if settings.main_db is not None:
-            from ..storage.engine import create_engine_for
+            from mes.storage.engine import create_engine_for
 
             auth_db = dataclasses.replace(settings.database, db=settings.main_db, max_idle_conns=4)
             auth_engine = create_engine_for(auth_db)
@@ -92,8 +92,8 @@ class Services:
         )
         redis = producer = None
         if settings.queue.redis_url:
-            from ..producer import Producer
-            from ..producer.transport import connect_redis
+            from mes.producer import Producer
+            from mes.producer.transport import connect_redis
 
             redis = connect_redis(settings.queue.redis_url)
             owned.append(redis.close)
@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         svc = services or Services.open(settings or Settings.from_env())
         app.state.services = svc
         if svc.redis is not None:
-            from ..core.queue import queue_figures
+            from mes.queue import queue_figures
 
             register_queue_collector(lambda: queue_figures(svc.redis, svc.settings.queue.queue_name))
         if opened:
@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     _install_error_handlers(app)
     _install_metrics(app)
     app.include_router(_routes())
-    from .ingest import ingest_router
+    from mes.api.ingest import ingest_router
 
     app.include_router(ingest_router())
     openapi.install(app)

@@ -44,7 +44,7 @@ from typing import Any
 from sqlalchemy import Engine, column, select, table
 from sqlalchemy.exc import DBAPIError
 
-from ..core.log import get_logger
+from mes.log import get_logger
 
 __all__ = ["ADMIN_ROLE", "AuthError", "Authenticator", "Principal"]
 

@@ -8,10 +8,10 @@ import orjson
 from fastapi import Depends, Header, Request
 from fastapi import responses as _responses
 
-from .auth import Principal
+from mes.api.auth import Principal
 
 if TYPE_CHECKING:
-    from .app import Services
+    from mes.api.app import Services
 
 __all__ = ["Caller", "JSONResponse", "principal", "services_of"]
 

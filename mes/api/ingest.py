@@ -20,16 +20,16 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from ..core.errors import InvalidEvent
-from ..core.log import get_logger
-from ..schemas import decode_event, new_event_id
-from ..schemas.limits import CONTRACT_LIMIT, EventTooLarge, SizeLimit
-from ..storage.engine import event_limit
-from .auth import Principal
-from .deps import Caller, JSONResponse, services_of
-from .models import ErrorBody, IngestResult
-from .openapi import AUTH_STATUSES, responses, secured
-from .params import ApiError
+from mes.api.auth import Principal
+from mes.api.deps import Caller, JSONResponse, services_of
+from mes.api.models import ErrorBody, IngestResult
+from mes.api.openapi import AUTH_STATUSES, responses, secured
+from mes.api.params import ApiError
+from mes.errors import InvalidEvent
+from mes.log import get_logger
+from mes.schemas import decode_event, new_event_id
+from mes.schemas.limits import CONTRACT_LIMIT, EventTooLarge, SizeLimit
+from mes.storage.engine import event_limit
 
 __all__ = ["ingest_router", "prepare_events"]
 

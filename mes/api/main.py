@@ -5,6 +5,6 @@ Settings are read from the environment when the server starts the app, not at im
 
 from __future__ import annotations
 
-from .app import create_app
+from mes.api.app import create_app
 
 app = create_app()

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from .models import ErrorBody
+from mes.api.models import ErrorBody
 
 __all__ = ["AUTH_STATUSES", "SECURITY_SCHEMES", "install", "responses", "secured"]
 

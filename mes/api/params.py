@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from .auth import Principal
+from mes.api.auth import Principal
 
 __all__ = ["ApiError", "check_text", "parse_day", "parse_time_ms", "scope_user"]
 

@@ -33,7 +33,7 @@ import os
 import re
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .errors import ConfigError
+from mes.errors import ConfigError
 
 __all__ = ["DatabaseConfig", "parse_dsn"]
 

@@ -4,7 +4,7 @@ Library code takes these objects as arguments and never reads ``os.environ`` its
 The names come from the seed (New API's MES): ``MES_SQL_DSN``, ``SQL_DSN``,
 ``MES_DAILY_PARTITION``, ``SQL_MAX_IDLE_CONNS``, ``SQL_MAX_OPEN_CONNS``,
 ``SQL_MAX_LIFETIME``, ``REDIS_CONN_STRING``, ``TZ``, ``DEBUG``; what MES adds starts
-with ``MES_``. Every problem is a one-line :class:`~mes.core.errors.ConfigError` that
+with ``MES_``. Every problem is a one-line :class:`~mes.errors.ConfigError` that
 names the variable and never prints a password.
 
 The sections are separate so that the producer, which runs inside the gateway, reads
@@ -20,9 +20,9 @@ import zoneinfo
 from collections.abc import Mapping
 from urllib.parse import SplitResult, urlsplit
 
-from .dsn import DatabaseConfig, parse_dsn
-from .errors import ConfigError
-from .redis_conn import SENTINEL_SCHEMES, parse_redis_url
+from mes.config.dsn import DatabaseConfig, parse_dsn
+from mes.errors import ConfigError
+from mes.redis_conn import SENTINEL_SCHEMES, parse_redis_url
 
 __all__ = [
     "ApiSettings",

@@ -11,6 +11,6 @@
     reader.get_user_errors(user_id); reader.get_conversation_errors(conversation_id, user_id=user_id)
 """
 
-from .history import AmbiguousConversation, BadCursor, HistoryReader, Page
+from mes.reader.history import AmbiguousConversation, BadCursor, HistoryReader, Page
 
 __all__ = ["AmbiguousConversation", "BadCursor", "HistoryReader", "Page"]

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, select, update
 
-from ..core.days import day_int
+from mes.days import day_int
 
 if TYPE_CHECKING:
-    from .history import HistoryReader
+    from mes.reader.history import HistoryReader
 
 __all__ = ["delete_conversation"]
 

@@ -21,11 +21,11 @@ from typing import Any
 import orjson
 from sqlalchemy import Table, and_, desc, func, or_, select
 
-from ..core.days import date_of_int, day_int
-from ..storage import Storage
-from ..storage.tables import STAT_COUNTERS
-from ..storage.transcript import decode_context
-from .messages import error_record, message_from_row
+from mes.days import date_of_int, day_int
+from mes.reader.messages import error_record, message_from_row
+from mes.storage import Storage
+from mes.storage.tables import STAT_COUNTERS
+from mes.storage.transcript import decode_context
 
 __all__ = ["AmbiguousConversation", "BadCursor", "HistoryReader", "Page"]
 
@@ -123,7 +123,7 @@ class HistoryReader:
         return [t for t in candidates if self.catalog.is_known(t.name)]
 
     def _plain(self, kind: str) -> Table | None:
-        from ..storage.tables import chat_table, error_table
+        from mes.storage.tables import chat_table, error_table
 
         name = "conversation_histories" if kind == "chat" else "error_conversation_histories"
         if not self.catalog.is_known(name):
@@ -285,7 +285,7 @@ class HistoryReader:
         """Delete a conversation from the history and error tables of every day it spans,
         the index and the rollups, in one transaction. False if ``user_id`` has no such
         conversation (another user's looks exactly like none). Repeating it is harmless."""
-        from .delete import delete_conversation
+        from mes.reader.delete import delete_conversation
 
         return delete_conversation(self, user_id, conversation_id)
 

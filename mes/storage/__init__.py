@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
-from ..core.days import DayCalendar
-from ..core.settings import DatabaseSettings
-from .catalog import Catalog
-from .engine import bootstrap_database, create_engine_for
-from .migrate import migrate
-from .writer import BatchDataError, BatchWriter, DeadLetter, WriteResult
+from mes.config.settings import DatabaseSettings
+from mes.days import DayCalendar
+from mes.storage.catalog import Catalog
+from mes.storage.engine import bootstrap_database, create_engine_for
+from mes.storage.migrate import migrate
+from mes.storage.writer import BatchDataError, BatchWriter, DeadLetter, WriteResult
 
 __all__ = ["BatchDataError", "BatchWriter", "DeadLetter", "Storage", "WriteResult"]
 
@@ -54,7 +54,7 @@ class Storage:
         writing into them would fail batch after batch. Say so once, at start."""
         from sqlalchemy import inspect
 
-        from ..core.errors import ConfigError
+        from mes.errors import ConfigError
 
         inspector = inspect(self.engine)
         names = sorted(

@@ -18,9 +18,9 @@ from sqlalchemy import Engine, MetaData, Table, inspect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from ..core.log import get_logger
-from ..core.metrics import PARTITIONS_CREATED
-from .tables import (
+from mes.log import get_logger
+from mes.metrics import PARTITIONS_CREATED
+from mes.storage.tables import (
     CHAT_BASE,
     ERROR_BASE,
     LEDGER_BASE,

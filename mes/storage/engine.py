@@ -1,6 +1,6 @@
 """Engines for the MES database: URL building, pool settings, and creating the database.
 
-``create_engine_for(settings)`` turns a :class:`~mes.core.settings.DatabaseSettings` into a
+``create_engine_for(settings)`` turns a :class:`~mes.config.settings.DatabaseSettings` into a
 SQLAlchemy engine with the seed's pool variables applied. ``bootstrap_database`` makes
 the database exist: MySQL/MariaDB ``CREATE DATABASE IF NOT EXISTS`` in utf8mb4;
 PostgreSQL ``CREATE DATABASE`` if the role may (else one line saying how); SQLite creates
@@ -22,11 +22,11 @@ from sqlalchemy import URL, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
-from ..core.dsn import DatabaseConfig
-from ..core.errors import ConfigError, DatabaseUnavailable
-from ..core.log import get_logger
-from ..core.settings import DatabaseSettings
-from ..schemas.limits import CONTRACT_LIMIT, MAX_EVENT_BYTES, SizeLimit
+from mes.config.dsn import DatabaseConfig
+from mes.config.settings import DatabaseSettings
+from mes.errors import ConfigError, DatabaseUnavailable
+from mes.log import get_logger
+from mes.schemas.limits import CONTRACT_LIMIT, MAX_EVENT_BYTES, SizeLimit
 
 __all__ = ["bootstrap_database", "create_engine_for", "event_limit", "sqlalchemy_url"]
 

@@ -32,13 +32,13 @@ from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, bin
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateColumn, CreateTable
 
-from ..core.log import get_logger
-from .tables import CHAT_BASE, MYSQL_TABLE_ARGS, chat_table, conversations_table, parse_day_suffix
-from .transcript import GAP
-from .turns import message_digest, stored_message
+from mes.log import get_logger
+from mes.storage.tables import CHAT_BASE, MYSQL_TABLE_ARGS, chat_table, conversations_table, parse_day_suffix
+from mes.storage.transcript import GAP
+from mes.storage.turns import message_digest, stored_message
 
 if TYPE_CHECKING:
-    from . import Storage
+    from mes.storage import Storage
 
 __all__ = ["CURRENT", "migrate"]
 

@@ -26,16 +26,16 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import Table, delete, func, insert, select, text, update
 
-from ..core.days import date_of_int, day_int
-from ..core.errors import ConfigError
-from ..core.log import get_logger
-from .plan import _title
-from .tables import STAT_COUNTERS
-from .transcript import GAP
-from .turns import message_digest, stored_message
+from mes.days import date_of_int, day_int
+from mes.errors import ConfigError
+from mes.log import get_logger
+from mes.storage.plan import _title
+from mes.storage.tables import STAT_COUNTERS
+from mes.storage.transcript import GAP
+from mes.storage.turns import message_digest, stored_message
 
 if TYPE_CHECKING:
-    from . import Storage
+    from mes.storage import Storage
 
 __all__ = [
     "ARCHIVE_FORMAT",

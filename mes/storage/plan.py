@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 
-from ..core.days import DayCalendar, day_int
-from .transcript import GAP, Entry, Transcript, align, encode_context, join_context
-from .turns import content_column, message_digest, message_digests, sequence_digest
+from mes.days import DayCalendar, day_int
+from mes.storage.transcript import GAP, Entry, Transcript, align, encode_context, join_context
+from mes.storage.turns import content_column, message_digest, message_digests, sequence_digest
 
 __all__ = [
     "CHAT_COLUMNS",

@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy import text
 
-from ..core.days import day_int
-from .catalog import Catalog
-from .tables import CHAT_BASE, ERROR_BASE, STAT_COUNTERS
+from mes.days import day_int
+from mes.storage.catalog import Catalog
+from mes.storage.tables import CHAT_BASE, ERROR_BASE, STAT_COUNTERS
 
 __all__ = ["Recount", "compare", "read_index", "recount"]
 

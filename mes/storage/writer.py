@@ -38,12 +38,12 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine
 
-from ..core.days import DayCalendar, date_of_int
-from ..core.errors import DatabaseUnavailable, MESError
-from ..core.log import get_logger
-from .bulk import Bulk, ErrorKind, bulk_for
-from .catalog import Catalog
-from .plan import (
+from mes.days import DayCalendar, date_of_int
+from mes.errors import DatabaseUnavailable, MESError
+from mes.log import get_logger
+from mes.storage.bulk import Bulk, ErrorKind, bulk_for
+from mes.storage.catalog import Catalog
+from mes.storage.plan import (
     CHAT_COLUMNS,
     CONVERSATION_COLUMNS,
     ERROR_COLUMNS,
@@ -54,7 +54,7 @@ from .plan import (
     build_plan,
     prepare,
 )
-from .transcript import Entry
+from mes.storage.transcript import Entry
 
 __all__ = ["BatchDataError", "BatchWriter", "ConnectionLost", "DeadLetter", "WriteResult", "is_truncated"]
 
