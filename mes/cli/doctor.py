@@ -1,165 +1,16 @@
-"""Operator commands: ``mes partitions``, ``mes doctor``, ``mes stats``."""
+"""``mes doctor``: every dependency and setting checked, each answered OK, WARN or FAIL."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import sys
-import time
 from typing import Any
 
 import click
 
-__all__ = ["register"]
+from mes.cli.common import handle_errors, human_bytes, load_settings
 
 
-def _settings() -> Any:
-    from mes.cli import _settings as settings
-
-    return settings()
-
-
-def _open_storage(settings: Any) -> Any:
-    from mes.storage import Storage
-
-    return Storage.open(settings.database)
-
-
-def _day(value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a day: use YYYY-MM-DD") from None
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
-
-
-# -- partitions ----------------------------------------------------------------------------
-@click.group()
-def partitions() -> None:
-    """Daily tables (MES_DAILY_PARTITION=true): list, create ahead, drop, archive, restore."""
-
-
-@partitions.command("list")
-def partitions_list() -> None:
-    """Every day with tables: rows per table and size on disk."""
-    from mes.storage.partitions import list_partitions
-
-    storage = _open_storage(_settings())
-    try:
-        infos = list_partitions(storage)
-    finally:
-        storage.close()
-    click.echo(f"{'day':<12}{'messages':>12}{'error rows':>12}{'events':>12}{'size':>12}")
-    for p in infos:
-        click.echo(f"{p.day.isoformat():<12}{p.rows.get('chat', 0):>12}{p.rows.get('error', 0):>12}"
-                   f"{p.rows.get('ledger', 0):>12}{_human(p.bytes):>12}")  # fmt: skip
-    click.echo(f"{len(infos)} day(s)")
-
-
-@partitions.command("create")
-@click.option(
-    "--days", default=None, type=click.IntRange(0, 366), help="Days ahead (default MES_CREATE_AHEAD_DAYS)."
-)
-def partitions_create(days: int | None) -> None:
-    """Create today's and the coming days' tables now (workers also do it)."""
-    from mes.storage.partitions import _require_daily
-
-    settings = _settings()
-    storage = _open_storage(settings)
-    try:
-        _require_daily(storage)
-        ahead = settings.database.create_ahead_days if days is None else days
-        storage.catalog.ensure_ahead(storage.calendar.today(), ahead)
-    finally:
-        storage.close()
-    click.echo(f"tables exist for today and the next {ahead} day(s)")
-
-
-@partitions.command("drop")
-@click.option(
-    "--older-than-days",
-    "older",
-    required=True,
-    type=click.IntRange(1, None),
-    help="Drop days older than this.",
-)
-@click.option("--yes", is_flag=True, help="Do not ask.")
-def partitions_drop(older: int, yes: bool) -> None:
-    """Drop the tables of days older than N days (rollups and index fixed to match)."""
-    from mes.storage.partitions import _require_daily, drop_day
-
-    storage = _open_storage(_settings())
-    try:
-        _require_daily(storage)
-        cutoff = storage.calendar.today() - dt.timedelta(days=older)
-        days = [d for d in storage.catalog.partition_days() if d < cutoff]
-        if not days:
-            click.echo(f"nothing older than {cutoff.isoformat()}")
-            return
-        if not yes:
-            click.confirm(f"drop {len(days)} day(s), {days[0]} to {days[-1]}?", abort=True)
-        with click.progressbar(days, label="dropping", file=sys.stderr) as bar:
-            for day in bar:
-                drop_day(storage, day)
-    finally:
-        storage.close()
-    click.echo(f"dropped {len(days)} day(s)")
-
-
-@partitions.command("archive")
-@click.argument("day", type=_day)
-@click.option("--out", "out", default=None, help="File to write (default mes-archive-DAY.jsonl.gz).")
-@click.option("--keep", is_flag=True, help="Keep the tables after archiving (default: drop them).")
-def partitions_archive(day: dt.date, out: str | None, keep: bool) -> None:
-    """Write DAY's tables to a compressed JSON Lines file, check it, then drop them."""
-    from sqlalchemy import func, select
-
-    from mes.storage.partitions import _require_daily, _tables, archive_day
-
-    path = out or f"mes-archive-{day.isoformat()}.jsonl.gz"
-    storage = _open_storage(_settings())
-    try:
-        _require_daily(storage)
-        known = storage.catalog.refresh()
-        with storage.engine.connect() as conn:
-            total = sum(int(conn.execute(select(func.count()).select_from(t)).scalar_one())
-                        for t in _tables(storage, day).values() if t.name in known)  # fmt: skip
-        with click.progressbar(length=total, label=f"archiving {day}", file=sys.stderr) as bar:
-            counts = archive_day(storage, day, path, drop=not keep, progress=bar.update)
-    finally:
-        storage.close()
-    click.echo(
-        f"archived {sum(counts.values())} rows of {day} to {path}" + ("" if keep else "; tables dropped")
-    )
-
-
-@partitions.command("restore")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
-def partitions_restore(path: str) -> None:
-    """Bring an archived day back: its tables, rows, index and rollups."""
-    from mes.storage.partitions import _read_counts, restore_archive
-
-    storage = _open_storage(_settings())
-    try:
-        total = sum(_read_counts(path).values())
-        with click.progressbar(length=total, label="restoring", file=sys.stderr) as bar:
-            counts = restore_archive(storage, path, progress=bar.update)
-    finally:
-        storage.close()
-    click.echo(f"restored {sum(counts.values())} rows from {path}")
-
-
-# -- doctor --------------------------------------------------------------------------------
 class _Report:
     def __init__(self) -> None:
         self.failed = False
@@ -336,7 +187,7 @@ def _doctor_spool(report: _Report, settings: Any) -> None:
     spool = Spool(settings.producer.spool_dir)
     files = spool.ready_files()
     if files:
-        report.line("WARN", "spool", f"{len(files)} file(s), {_human(sum(f.size for f in files))} in {spool.directory}",
+        report.line("WARN", "spool", f"{len(files)} file(s), {human_bytes(sum(f.size for f in files))} in {spool.directory}",
                     "a producer that is gone left them: mes replay spool")  # fmt: skip
     else:
         report.line("OK", "spool", f"empty ({spool.directory})")
@@ -374,6 +225,7 @@ def _doctor_auth(report: _Report, settings: Any) -> None:
 
 
 @click.command()
+@handle_errors
 def doctor() -> None:
     """Check configuration, connectivity, permissions, versions, Redis's eviction policy,
     the backlog, failed jobs, dead letters and the spool; print a fix for each problem.
@@ -382,7 +234,7 @@ def doctor() -> None:
 
     report = _Report()
     try:
-        settings = _settings()
+        settings = load_settings()
     except ConfigError as exc:
         report.line("FAIL", "configuration", str(exc), "fix the variable it names")
         sys.exit(1)
@@ -399,87 +251,3 @@ def doctor() -> None:
     if client is not None:
         client.close()
     sys.exit(1 if report.failed else 0)
-
-
-# -- stats ---------------------------------------------------------------------------------
-@click.command()
-@click.option(
-    "--days", default=7, show_default=True, type=click.IntRange(1, 3660), help="Recent days to show."
-)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
-def stats(days: int, as_json: bool) -> None:
-    """Queue depth, failed jobs, what the poison brake holds, dead letters, messages and
-    errors per recent day, totals."""
-    import orjson
-    import redis
-    from sqlalchemy import func, select
-
-    from mes.days import date_of_int, day_int
-    from mes.queue import queue_figures
-    from mes.redis_conn import connect as redis_connect
-    from mes.worker.brake import figures as braked_figures
-
-    settings = _settings()
-    storage = _open_storage(settings)
-    out: dict[str, Any] = {"queue": None, "braked": None}
-    try:
-        s, c, d = storage.catalog.daily_stats, storage.catalog.conversations, storage.catalog.dead_letters
-        since = day_int(storage.calendar.today() - dt.timedelta(days=days - 1))
-        with storage.engine.connect() as conn:
-            per_day = conn.execute(
-                select(s.c.day, func.sum(s.c.messages), func.sum(s.c.requests), func.sum(s.c.errors),
-                       func.sum(s.c.total_tokens)).where(s.c.day >= since).group_by(s.c.day).order_by(s.c.day)
-            ).fetchall()  # fmt: skip
-            totals = conn.execute(select(func.sum(s.c.messages), func.sum(s.c.requests), func.sum(s.c.errors),
-                                         func.sum(s.c.total_tokens))).first()  # fmt: skip
-            out["conversations"] = int(conn.execute(select(func.count()).select_from(c)).scalar_one())
-            out["dead_letters"] = int(conn.execute(select(func.count()).select_from(d)).scalar_one())
-        out["days"] = {date_of_int(r[0]).isoformat(): {"messages": int(r[1] or 0), "requests": int(r[2] or 0),
-                       "errors": int(r[3] or 0), "tokens": int(r[4] or 0)} for r in per_day}  # fmt: skip
-        out["totals"] = dict(
-            zip(("messages", "requests", "errors", "tokens"), (int(v or 0) for v in totals), strict=True)
-        )
-    finally:
-        storage.close()
-    if settings.queue.redis_url:
-        try:
-            client = redis_connect(settings.queue.redis_url, socket_timeout=3, socket_connect_timeout=3)
-            out["queue"] = queue_figures(client, settings.queue.queue_name)
-            out["braked"] = braked_figures(client, settings.queue.queue_name)
-            client.close()
-        except redis.RedisError as exc:
-            out["queue"] = {"error": str(exc)}
-    out["at"] = int(time.time())
-    if as_json:
-        click.echo(orjson.dumps(out).decode())
-        return
-    q = out["queue"]
-    if q is None:
-        click.echo("queue: REDIS_CONN_STRING is not set")
-    elif "error" in q:
-        click.echo(f"queue: unreachable ({q['error']})")
-    else:
-        click.echo("queue: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in q.items()))
-    b = out["braked"]
-    if b is not None:
-        click.echo(f"braked: {b['events']} invalid event(s) in {b['batches']} batch(es) held by the poison brake"
-                   + (" (see mes doctor; release: mes replay failed)" if b["batches"] else ""))  # fmt: skip
-    click.echo(f"dead letters: {out['dead_letters']}")
-    t = out["totals"]
-    click.echo(f"totals: {out['conversations']} conversations, {t['messages']} messages, {t['requests']} requests, "
-               f"{t['errors']} errors, {t['tokens']} tokens")  # fmt: skip
-    click.echo(f"last {days} day(s):")
-    for day, v in out["days"].items():
-        click.echo(
-            f"  {day}  {v['messages']:>10} messages {v['requests']:>9} requests {v['errors']:>7} errors"
-        )
-
-
-def register(main: click.Group, handle_errors: Any) -> None:
-    """Add the commands to ``main``; ``handle_errors`` turns MES's errors into one line."""
-    for command in (partitions, doctor, stats):
-        subs = command.commands.values() if isinstance(command, click.Group) else [command]
-        for sub in subs:
-            if sub.callback is not None:
-                sub.callback = handle_errors(sub.callback)
-        main.add_command(command)
