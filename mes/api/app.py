@@ -8,7 +8,6 @@ same shape. Nothing a caller sends produces a 500.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import gc
 import inspect
@@ -32,19 +31,19 @@ from starlette.routing import Match
 from mes import __version__
 from mes.api import docs, openapi
 from mes.api import models as m
-from mes.api.auth import Authenticator, AuthError, Principal
+from mes.api.auth import AuthError, Principal
 from mes.api.deps import Caller, JSONResponse
 from mes.api.deps import services_of as _svc
 from mes.api.openapi import AUTH_STATUSES, responses, secured
 from mes.api.params import ApiError, check_text, parse_day, parse_time_ms, scope_user
+from mes.api.services import Services
 from mes.config.settings import Settings
 from mes.errors import MESError
 from mes.log import get_logger
 from mes.metrics import observe_api_request, register_queue_collector
-from mes.reader import BadCursor, HistoryReader
-from mes.storage import Storage
+from mes.reader import BadCursor
 
-__all__ = ["Services", "create_app"]
+__all__ = ["create_app"]
 
 log = get_logger("mes.api")
 
@@ -63,50 +62,6 @@ def error_response(status: int, message: str, code: str | None = None, **headers
         "error": {"message": message, "type": _TYPES.get(status, "api_error"), "code": code or str(status)}
     }
     return JSONResponse(body, status_code=status, headers=headers or None)
-
-
-@dataclasses.dataclass
-class Services:
-    """What the routes use. ``create_app`` opens them from settings, or takes them ready-made."""
-
-    reader: HistoryReader
-    auth: Authenticator
-    settings: Settings
-    redis: Any = None  # for readiness, queue gauges and ingest
-    producer: Any = None  # the ingest route's
-    owned: list[Callable[[], None]] = dataclasses.field(default_factory=list)
-
-    @classmethod
-    def open(cls, settings: Settings) -> Services:
-        storage = Storage.open(settings.database)
-        owned: list[Callable[[], None]] = [storage.close]
-        auth_engine = None
-        if settings.main_db is not None:
-            from mes.storage.engine import create_engine_for
-
-            auth_db = dataclasses.replace(settings.database, db=settings.main_db, max_idle_conns=4)
-            auth_engine = create_engine_for(auth_db)
-            owned.append(auth_engine.dispose)
-        auth = Authenticator(
-            auth_engine, api_key=settings.api.api_key, cache_seconds=settings.api.auth_cache_seconds
-        )
-        redis = producer = None
-        if settings.queue.redis_url:
-            from mes.producer import Producer
-            from mes.producer.transport import connect_redis
-
-            redis = connect_redis(settings.queue.redis_url)
-            owned.append(redis.close)
-            producer = Producer(settings.producer)
-            owned.append(producer.close)
-        if auth_engine is None and settings.api.api_key is None:
-            log.warning("api_has_no_credentials", hint="set SQL_DSN (New API's database) or MES_API_KEY")
-        return cls(HistoryReader(storage), auth, settings, redis=redis, producer=producer, owned=owned)
-
-    def close(self) -> None:
-        for close in reversed(self.owned):
-            with contextlib.suppress(Exception):
-                close()
 
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:

@@ -11,7 +11,7 @@ from fastapi import responses as _responses
 from mes.api.auth import Principal
 
 if TYPE_CHECKING:
-    from mes.api.app import Services
+    from mes.api.services import Services
 
 __all__ = ["Caller", "JSONResponse", "principal", "services_of"]
 
