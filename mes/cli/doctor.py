@@ -32,7 +32,7 @@ def _doctor_database(report: _Report, settings: Any) -> Any:
     from sqlalchemy.pool import NullPool
 
     from mes.storage import Storage
-    from mes.storage.engine import _connect_args, _explain, _is_unknown_database, sqlalchemy_url
+    from mes.storage.engine import connect_args, explain_connect_error, is_unknown_database, sqlalchemy_url
 
     db = settings.database.db
     creates = "mes init-db creates it (as does any `mes` process: up, worker, serve)"
@@ -41,16 +41,16 @@ def _doctor_database(report: _Report, settings: Any) -> Any:
             report.line("WARN", "database", f"{db.describe()} does not exist yet", creates)
             return None
     else:
-        probe = create_engine(sqlalchemy_url(db), connect_args=_connect_args(db), poolclass=NullPool)
+        probe = create_engine(sqlalchemy_url(db), connect_args=connect_args(db), poolclass=NullPool)
         try:
             with probe.connect():
                 pass
         except DBAPIError as exc:
-            if _is_unknown_database(db, exc):
+            if is_unknown_database(db, exc):
                 may = "" if db.backend == "mysql" else " if the role may create databases"
                 report.line("WARN", "database", f"{db.describe()} does not exist yet", creates + may)
             else:
-                report.line("FAIL", "database", str(_explain(settings.database, exc)),
+                report.line("FAIL", "database", str(explain_connect_error(settings.database, exc)),
                             "check MES_SQL_DSN, that the server runs, and the login")  # fmt: skip
             return None
         finally:

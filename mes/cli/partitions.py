@@ -40,12 +40,12 @@ def partitions_list() -> None:
 @handle_errors
 def partitions_create(days: int | None) -> None:
     """Create today's and the coming days' tables now (workers also do it)."""
-    from mes.storage.partitions import _require_daily
+    from mes.storage.partitions import require_daily
 
     settings = load_settings()
     storage = open_storage(settings)
     try:
-        _require_daily(storage)
+        require_daily(storage)
         ahead = settings.database.create_ahead_days if days is None else days
         storage.catalog.ensure_ahead(storage.calendar.today(), ahead)
     finally:
@@ -65,15 +65,13 @@ def partitions_create(days: int | None) -> None:
 @handle_errors
 def partitions_drop(older: int, yes: bool) -> None:
     """Drop the tables of days older than N days (rollups and index fixed to match)."""
-    from mes.storage.partitions import _require_daily, drop_day
+    from mes.storage.partitions import days_older_than, drop_day, retention_cutoff
 
     storage = open_storage(load_settings())
     try:
-        _require_daily(storage)
-        cutoff = storage.calendar.today() - dt.timedelta(days=older)
-        days = [d for d in storage.catalog.partition_days() if d < cutoff]
+        days = days_older_than(storage, older)
         if not days:
-            click.echo(f"nothing older than {cutoff.isoformat()}")
+            click.echo(f"nothing older than {retention_cutoff(storage, older).isoformat()}")
             return
         if not yes:
             click.confirm(f"drop {len(days)} day(s), {days[0]} to {days[-1]}?", abort=True)
@@ -94,16 +92,16 @@ def partitions_archive(day: dt.date, out: str | None, keep: bool) -> None:
     """Write DAY's tables to a compressed JSON Lines file, check it, then drop them."""
     from sqlalchemy import func, select
 
-    from mes.storage.partitions import _require_daily, _tables, archive_day
+    from mes.storage.partitions import archive_day, require_daily, tables_of_day
 
     path = out or f"mes-archive-{day.isoformat()}.jsonl.gz"
     storage = open_storage(load_settings())
     try:
-        _require_daily(storage)
+        require_daily(storage)
         known = storage.catalog.refresh()
         with storage.engine.connect() as conn:
             total = sum(int(conn.execute(select(func.count()).select_from(t)).scalar_one())
-                        for t in _tables(storage, day).values() if t.name in known)  # fmt: skip
+                        for t in tables_of_day(storage, day).values() if t.name in known)  # fmt: skip
         with click.progressbar(length=total, label=f"archiving {day}", file=sys.stderr) as bar:
             counts = archive_day(storage, day, path, drop=not keep, progress=bar.update)
     finally:
@@ -118,11 +116,11 @@ def partitions_archive(day: dt.date, out: str | None, keep: bool) -> None:
 @handle_errors
 def partitions_restore(path: str) -> None:
     """Bring an archived day back: its tables, rows, index and rollups."""
-    from mes.storage.partitions import _read_counts, restore_archive
+    from mes.storage.partitions import read_counts, restore_archive
 
     storage = open_storage(load_settings())
     try:
-        total = sum(_read_counts(path).values())
+        total = sum(read_counts(path).values())
         with click.progressbar(length=total, label="restoring", file=sys.stderr) as bar:
             counts = restore_archive(storage, path, progress=bar.update)
     finally:

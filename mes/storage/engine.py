@@ -28,7 +28,15 @@ from mes.errors import ConfigError, DatabaseUnavailable
 from mes.log import get_logger
 from mes.schemas.limits import CONTRACT_LIMIT, MAX_EVENT_BYTES, SizeLimit
 
-__all__ = ["bootstrap_database", "create_engine_for", "event_limit", "sqlalchemy_url"]
+__all__ = [
+    "bootstrap_database",
+    "connect_args",
+    "create_engine_for",
+    "event_limit",
+    "explain_connect_error",
+    "is_unknown_database",
+    "sqlalchemy_url",
+]
 
 log = get_logger("mes.storage")
 
@@ -63,7 +71,7 @@ def sqlalchemy_url(db: DatabaseConfig, *, database: str | None = "__same__") -> 
     )
 
 
-def _connect_args(db: DatabaseConfig) -> dict[str, Any]:
+def connect_args(db: DatabaseConfig) -> dict[str, Any]:
     args: dict[str, Any] = {}
     if db.backend == "mysql":
         args["connect_timeout"] = 10
@@ -93,7 +101,7 @@ def create_engine_for(settings: DatabaseSettings, *, echo: bool = False) -> Engi
     db = settings.db
     kwargs: dict[str, Any] = {
         "echo": echo,
-        "connect_args": _connect_args(db),
+        "connect_args": connect_args(db),
         "pool_pre_ping": True,
         # LIFO: at low concurrency the same few connections serve every request, so their
         # server-side caches (PostgreSQL's relation cache of a year of daily tables) stay warm
@@ -166,19 +174,19 @@ def bootstrap_database(settings: DatabaseSettings) -> None:
     if db.backend == "sqlite":
         os.makedirs(os.path.dirname(os.path.abspath(db.database)) or ".", exist_ok=True)
         return
-    engine = create_engine(sqlalchemy_url(db), connect_args=_connect_args(db), poolclass=NullPool)
+    engine = create_engine(sqlalchemy_url(db), connect_args=connect_args(db), poolclass=NullPool)
     try:
         with engine.connect():
             return
     except OperationalError as exc:
-        if not _is_unknown_database(db, exc):
-            raise _explain(settings, exc) from None
+        if not is_unknown_database(db, exc):
+            raise explain_connect_error(settings, exc) from None
     finally:
         engine.dispose()
     _create_database(settings)
 
 
-def _is_unknown_database(db: DatabaseConfig, exc: DBAPIError) -> bool:
+def is_unknown_database(db: DatabaseConfig, exc: DBAPIError) -> bool:
     orig = exc.orig
     if db.backend == "mysql":
         return bool(getattr(orig, "args", None)) and orig.args[0] == 1049  # type: ignore[union-attr]
@@ -186,7 +194,7 @@ def _is_unknown_database(db: DatabaseConfig, exc: DBAPIError) -> bool:
     return "does not exist" in message and "database" in message
 
 
-def _explain(settings: DatabaseSettings, exc: DBAPIError) -> Exception:
+def explain_connect_error(settings: DatabaseSettings, exc: DBAPIError) -> Exception:
     db, var = settings.db, settings.source
     message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
     if db.password:
@@ -208,7 +216,7 @@ def _create_database(settings: DatabaseSettings) -> None:
     db, var = settings.db, settings.source
     if db.backend == "mysql":
         server = create_engine(
-            sqlalchemy_url(db, database=None), connect_args=_connect_args(db), poolclass=NullPool
+            sqlalchemy_url(db, database=None), connect_args=connect_args(db), poolclass=NullPool
         )
         quoted = "`" + db.database.replace("`", "``") + "`"
         try:
@@ -235,7 +243,7 @@ def _create_database(settings: DatabaseSettings) -> None:
     for maintenance in ("postgres", "template1"):
         server = create_engine(
             sqlalchemy_url(db, database=maintenance),
-            connect_args=_connect_args(db),
+            connect_args=connect_args(db),
             poolclass=NullPool,
             isolation_level="AUTOCOMMIT",
         )

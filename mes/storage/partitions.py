@@ -42,10 +42,15 @@ __all__ = [
     "PartitionInfo",
     "apply_retention",
     "archive_day",
+    "days_older_than",
     "drop_day",
     "drop_older_than",
     "list_partitions",
+    "read_counts",
+    "require_daily",
     "restore_archive",
+    "retention_cutoff",
+    "tables_of_day",
 ]
 
 log = get_logger("mes.partitions")
@@ -63,14 +68,14 @@ class PartitionInfo:
     bytes: int | None  # data + indexes, where the backend tells
 
 
-def _require_daily(storage: Storage) -> None:
+def require_daily(storage: Storage) -> None:
     if not storage.catalog.daily:
         raise ConfigError(
             "MES_DAILY_PARTITION is off: there are no daily tables (set MES_DAILY_PARTITION=true)"
         )
 
 
-def _tables(storage: Storage, day: dt.date) -> dict[str, Table]:
+def tables_of_day(storage: Storage, day: dt.date) -> dict[str, Table]:
     t = storage.catalog.day_tables(day)
     return {"chat": t.chat, "error": t.error, "ledger": t.ledger}
 
@@ -102,16 +107,16 @@ def _sizes(storage: Storage, names: list[str]) -> dict[str, int]:
 
 def list_partitions(storage: Storage) -> list[PartitionInfo]:
     """Every day with tables, oldest first, with exact row counts (a count per table)."""
-    _require_daily(storage)
+    require_daily(storage)
     known = storage.catalog.refresh()
     days = storage.catalog.partition_days()
-    names = [t.name for d in days for t in _tables(storage, d).values() if t.name in known]
+    names = [t.name for d in days for t in tables_of_day(storage, d).values() if t.name in known]
     sizes = _sizes(storage, names)
     out = []
     with storage.engine.connect() as conn:
         for day in days:
             rows, total, sized = {}, 0, False
-            for kind, table in _tables(storage, day).items():
+            for kind, table in tables_of_day(storage, day).items():
                 if table.name in known:
                     rows[kind] = int(conn.execute(select(func.count()).select_from(table)).scalar_one())
                     if table.name in sizes:
@@ -237,7 +242,7 @@ def _fix_conversations(
 # -- drop ------------------------------------------------------------------------------
 def drop_day(storage: Storage, day: dt.date) -> list[str]:
     """Drop ``day``'s tables and fix the index and rollups; returns the tables dropped."""
-    _require_daily(storage)
+    require_daily(storage)
     dropped = storage.catalog.drop_day(day)
     with storage.engine.begin() as conn:
         olds = _affected(conn, storage, day)
@@ -248,11 +253,21 @@ def drop_day(storage: Storage, day: dt.date) -> list[str]:
     return dropped
 
 
+def retention_cutoff(storage: Storage, days: int) -> dt.date:
+    """The first day kept when days older than ``days`` days before today (in ``TZ``) go."""
+    return storage.calendar.today() - dt.timedelta(days=days)
+
+
+def days_older_than(storage: Storage, days: int) -> list[dt.date]:
+    """The days with tables older than ``days`` days before today, oldest first."""
+    require_daily(storage)
+    cutoff = retention_cutoff(storage, days)
+    return [d for d in storage.catalog.partition_days() if d < cutoff]
+
+
 def drop_older_than(storage: Storage, days: int) -> list[dt.date]:
     """Drop every day older than ``days`` days before today (in ``TZ``); returns them."""
-    _require_daily(storage)
-    cutoff = storage.calendar.today() - dt.timedelta(days=days)
-    gone = [d for d in storage.catalog.partition_days() if d < cutoff]
+    gone = days_older_than(storage, days)
     for day in gone:
         drop_day(storage, day)
     return gone
@@ -273,9 +288,9 @@ def archive_day(storage: Storage, day: dt.date, path: str, *, drop: bool = True,
     Returns rows per kind. The file is complete (written to a temporary name, fsynced and
     renamed, its row counts read back) before anything is dropped.
     """
-    _require_daily(storage)
+    require_daily(storage)
     known = storage.catalog.refresh()
-    tables = {k: t for k, t in _tables(storage, day).items() if t.name in known}
+    tables = {k: t for k, t in tables_of_day(storage, day).items() if t.name in known}
     if not tables:
         raise ConfigError(f"there are no tables for {day.isoformat()}")
     counts: dict[str, int] = {}
@@ -302,7 +317,7 @@ def archive_day(storage: Storage, day: dt.date, path: str, *, drop: bool = True,
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    read_back = _read_counts(path)
+    read_back = read_counts(path)
     if read_back != {k: v for k, v in counts.items()}:
         raise OSError(f"archive {path} holds {read_back}, expected {counts}: nothing was dropped")
     log.info("partition_archived", day=day.isoformat(), path=path, rows=counts)
@@ -311,7 +326,7 @@ def archive_day(storage: Storage, day: dt.date, path: str, *, drop: bool = True,
     return counts
 
 
-def _read_counts(path: str) -> dict[str, int]:
+def read_counts(path: str) -> dict[str, int]:
     counts: dict[str, int] = dict.fromkeys(_read_header(path)["tables"], 0)
     with gzip.open(path, "rb") as f:
         next(f)
@@ -357,14 +372,14 @@ def _number_legacy(
 def restore_archive(storage: Storage, path: str, *, progress: Progress | None = None) -> dict[str, int]:
     """Recreate the archived day's tables, fill them, and add them back to the index and
     rollups. Refuses if that day's tables already hold rows. Returns rows per kind."""
-    _require_daily(storage)
+    require_daily(storage)
     header = _read_header(path)
     try:
         day = dt.date.fromisoformat(header["day"])
     except (KeyError, TypeError, ValueError):
         raise ConfigError(f"{path}: the header has no valid day") from None
     storage.catalog.ensure_days([day])
-    tables = _tables(storage, day)
+    tables = tables_of_day(storage, day)
     columns = {k: [str(c) for c in header["columns"].get(k, [])] for k in KINDS}
     for kind, names in columns.items():
         unknown = set(names) - set(tables[kind].c.keys())
