@@ -12,22 +12,26 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, cast
 
 import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 __all__ = ["configure_logging", "get_logger"]
 
 
-def get_logger(name: str, **context: Any) -> Any:
+def get_logger(name: str, **context: Any) -> FilteringBoundLogger:
     """A structlog logger whose every line carries ``mes=True`` (and ``logger=name`` once configured).
 
     Lazy: it takes the configuration in force when it first logs, so module-level
     loggers made at import follow a later :func:`configure_logging`."""
-    return structlog.get_logger(name, mes=True, **context)  # add_logger_name adds "logger"
+    # structlog.get_logger returns Any: a lazy proxy to the configured wrapper_class, which
+    # configure_logging makes a filtering bound logger.
+    logger = structlog.get_logger(name, mes=True, **context)  # add_logger_name adds "logger"
+    return cast(FilteringBoundLogger, logger)
 
 
-def _tag_mes(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _tag_mes(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     event_dict.setdefault("mes", True)
     return event_dict
 
@@ -42,7 +46,7 @@ def configure_logging(*, debug: bool = False, json: bool | None = None, level: i
     """
     use_json = (not debug) if json is None else json
     level = level if level is not None else (logging.DEBUG if debug else logging.INFO)
-    shared: list[Any] = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -50,7 +54,7 @@ def configure_logging(*, debug: bool = False, json: bool | None = None, level: i
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
-    renderer: Any = (
+    renderer: Processor = (
         structlog.processors.JSONRenderer()
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
@@ -78,5 +82,5 @@ def configure_logging(*, debug: bool = False, json: bool | None = None, level: i
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
 
 
-def _identity(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _identity(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     return event_dict

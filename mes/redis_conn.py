@@ -33,10 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from mes.errors import ConfigError
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["RedisTarget", "connect", "describe", "parse_redis_url"]
 
@@ -178,7 +181,7 @@ def describe(url: str) -> str:
     return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
 
 
-def connect(url: str | RedisTarget, **kwargs: Any) -> Any:
+def connect(url: str | RedisTarget, **kwargs: Any) -> redis.Redis:
     """A ``redis.Redis`` for ``url``; ``kwargs`` (timeouts, ``command_packer``, ...) go to
     every connection to the data nodes.
 
@@ -205,22 +208,22 @@ def connect(url: str | RedisTarget, **kwargs: Any) -> Any:
         "password": target.sentinel_password,
         **tls,
     }
-    manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
-    client = manager.master_for(
+    manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]  # redis-py: Sentinel is unannotated
+    client = manager.master_for(  # type: ignore[no-untyped-call]  # redis-py: master_for is unannotated
         target.service, redis_class=_sentinel_redis_class(), db=target.db, username=target.username,
         password=target.password, **tls, **kwargs,
     )  # fmt: skip
     client.sentinel_manager = manager
-    return client
+    return cast("redis.Redis", client)  # a _sentinel_redis_class(): redis-py's master_for returns Any
 
 
 @functools.cache
-def _sentinel_redis_class() -> type:
+def _sentinel_redis_class() -> type[redis.Redis]:
     """``redis.Redis`` for a ``master_for()`` client that also closes its connections to
     the sentinels (made on first use: importing this module must not import redis)."""
     import redis
 
-    class SentinelRedis(redis.Redis):  # type: ignore[misc]  # redis-py is untyped here
+    class SentinelRedis(redis.Redis):
         sentinel_manager: Any = None
 
         def close(self) -> None:

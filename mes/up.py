@@ -165,7 +165,9 @@ def _stop(process: subprocess.Popen[Any], timeout: float = 60.0) -> None:
 
 def _banner(settings: Settings, redis_server: Any, host: str, port: int, api_key: str) -> None:
     base = f"http://{host}:{port}"
-    redis_line = settings.queue.redis_url
+    # Set by now (the embedded server's when REDIS_CONN_STRING named none), but typed str | None:
+    # `None + " (embedded ...)"` would raise instead of printing the banner.
+    redis_line = settings.queue.redis_url or ""
     if redis_server is not None:
         redis_line += f" (embedded, data in MES_DATA_DIR/redis; address in {redis_server.data_dir}/redis.url)"
     moved = []

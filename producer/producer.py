@@ -33,7 +33,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -43,6 +43,9 @@ from mes.producer.batcher import Batcher
 from mes.producer.spool import Spool
 from mes.schemas.ids import new_event_id
 from mes.schemas.limits import MAX_EVENT_BYTES
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 __all__ = ["Producer", "ProducerStats"]
 
@@ -160,7 +163,7 @@ class Producer:
         self,
         settings: ProducerSettings,
         *,
-        redis: Any = None,
+        redis: Redis | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from redis.connection import Encoder, PythonRespSerializer
+from redis._parsers import Encoder
+from redis.connection import PythonRespSerializer
 from redis.sentinel import SentinelManagedConnection
 
 from mes.config.settings import ProducerSettings
@@ -71,7 +72,10 @@ def connect_redis(url: str, *, timeout: float = 2.0) -> redis.Redis:
         socket_connect_timeout=min(timeout, 1.0),
         health_check_interval=30,
         retry_on_timeout=False,
-        command_packer=PythonRespSerializer(_BUFFER_CUTOFF, Encoder("utf-8", "strict", False).encode),
+        command_packer=PythonRespSerializer(
+            _BUFFER_CUTOFF,
+            Encoder("utf-8", "strict", False).encode,  # type: ignore[no-untyped-call]  # redis-py: Encoder is unannotated
+        ),
     )
     pool = client.connection_pool
     pool.connection_class = _ONE_WRITE.get(pool.connection_class, pool.connection_class)
@@ -81,7 +85,7 @@ def connect_redis(url: str, *, timeout: float = 2.0) -> redis.Redis:
 class Transport:
     """Pushes batches of serialized events. Used from one thread at a time."""
 
-    def __init__(self, settings: ProducerSettings, client: Any = None) -> None:
+    def __init__(self, settings: ProducerSettings, client: redis.Redis | None = None) -> None:
         self.settings = settings
         url = settings.queue.redis_url or ""
         self.redis = client if client is not None else connect_redis(url)

@@ -34,10 +34,10 @@ def typed_dict_of(model: type[BaseModel]) -> Any:
         for name, field in model.model_fields.items():
             annotation = _derive(field.annotation)
             if field.metadata:
-                annotation = Annotated[(annotation, *field.metadata)]  # type: ignore[valid-type]
+                annotation = Annotated[(annotation, *field.metadata)]
             fields[name] = annotation if field.is_required() else NotRequired[annotation]
-        derived = TypedDict(model.__name__, fields)  # type: ignore[operator]
-        derived.__pydantic_config__ = dict(model.model_config)  # type: ignore[attr-defined]
+        derived = TypedDict(model.__name__, fields)  # type: ignore[misc]  # typing: TypedDict's functional form, a run-time name
+        derived.__pydantic_config__ = dict(model.model_config)  # type: ignore[attr-defined]  # pydantic reads it off the class
         _DERIVED[model] = derived
     return _DERIVED[model]
 
@@ -48,7 +48,7 @@ def _derive(annotation: Any) -> Any:
         return typed_dict_of(annotation)
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Annotated:
-        return Annotated[(_derive(args[0]), *annotation.__metadata__)]  # type: ignore[valid-type]
+        return Annotated[(_derive(args[0]), *annotation.__metadata__)]
     if origin in (typing.Union, types.UnionType):
         return typing.Union[tuple(_derive(a) for a in args)]  # noqa: UP007 - built from a tuple
     if origin in (list, dict):

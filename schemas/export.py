@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
 from mes.schemas.events import ChatEvent, ErrorEvent, Event
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeForm
+
 __all__ = ["FILES", "render", "write"]
 
 HERE = pathlib.Path(__file__).parent
 BASE_ID = "https://github.com/mes-history/mes/schemas/"
-FILES = {
+# name -> (a model, or Event's annotated union, for TypeAdapter; the schema's title)
+FILES: dict[str, tuple[TypeForm[Any], str]] = {
     "event.v1.schema.json": (Event, "MES event, v1: a chat or an error event"),
     "chat-event.v1.schema.json": (ChatEvent, "MES chat event, v1 (SaveChatCompletion)"),
     "error-event.v1.schema.json": (ErrorEvent, "MES error event, v1 (SaveErrorConversation)"),

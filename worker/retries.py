@@ -24,7 +24,7 @@ def promote_due_retries(redis: Any, queue: Any, lock_key: str) -> int:
     """Enqueue the jobs whose scheduled retry time has passed; returns how many."""
     if not redis.set(lock_key, "1", nx=True, px=900):
         return 0
-    registry = ScheduledJobRegistry(queue=queue)
+    registry = ScheduledJobRegistry(queue=queue)  # type: ignore[no-untyped-call]  # rq: ScheduledJobRegistry.__init__ is unannotated
     job_ids = registry.get_jobs_to_schedule(current_timestamp())
     if not job_ids:
         return 0

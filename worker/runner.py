@@ -78,10 +78,10 @@ class MESWorker(SimpleWorker):
         one connection: "Wrong number of response items", a traceback and exit 1 at
         every SIGTERM. A Redis that is gone by then costs a warning, not the exit."""
         if self.scheduler:
-            self.stop_scheduler()
-        self.unsubscribe()
+            self.stop_scheduler()  # type: ignore[no-untyped-call]  # rq: unannotated
+        self.unsubscribe()  # type: ignore[no-untyped-call]  # rq: unannotated
         try:
-            self.register_death()
+            self.register_death()  # type: ignore[no-untyped-call]  # rq: unannotated
         except redis.exceptions.RedisError as exc:
             log.warning("worker_death_not_registered", worker=self.name, error=str(exc).splitlines()[0][:200])
 
@@ -91,7 +91,7 @@ class MESWorker(SimpleWorker):
         return int(job.timeout or self.mes_context.settings.queue.job_timeout) + 15
 
     def run_maintenance_tasks(self) -> None:
-        super().run_maintenance_tasks()
+        super().run_maintenance_tasks()  # type: ignore[no-untyped-call]  # rq: unannotated
         self.mes_maintenance()
 
     def mes_maintenance(self) -> None:
@@ -129,7 +129,7 @@ class MESWorker(SimpleWorker):
         job is left.
         """
         self.set_state(WorkerStatus.IDLE)
-        self.procline("Listening on " + ",".join(self.queue_names()))
+        self.procline("Listening on " + ",".join(self.queue_names()))  # type: ignore[no-untyped-call]  # rq: unannotated
         poll = max(0.05, min(1.0, self.mes_context.settings.worker.drain_linger_ms / 2000))
         idle_since = last_beat = time.monotonic()
         last_promotion = 0.0
@@ -153,7 +153,7 @@ class MESWorker(SimpleWorker):
                     self.stager.cut()
                 result = self.queue_class.dequeue_any(
                     self._ordered_queues,
-                    None if timeout is None else poll,
+                    None if timeout is None else poll,  # type: ignore[arg-type]  # rq: typed int, but BLPOP takes a float
                     connection=self.connection,
                     job_class=self.job_class,
                     serializer=self.serializer,
@@ -166,7 +166,7 @@ class MESWorker(SimpleWorker):
                     # it bounds both the job and how soon a dead worker's job is taken over.
                     job.timeout = self.mes_context.settings.queue.job_timeout
                     self.reorder_queues(reference_queue=queue)
-                    job.redis_server_version = self.get_redis_server_version()
+                    job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]  # rq: unannotated
                     self.heartbeat()
                     return result
                 if timeout is None:

@@ -40,7 +40,7 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "description": "with an access token: the id of the user it belongs to.",
     },
 }
-_WAYS_IN = [{"bearer": []}, {"accessToken": [], "newApiUser": []}]
+_WAYS_IN: list[dict[str, list[str]]] = [{"bearer": []}, {"accessToken": [], "newApiUser": []}]
 
 _DESCRIPTIONS = {
     400: "The request is invalid (a parameter, a cursor, an id, the body): `error.message` says which.",

@@ -8,7 +8,7 @@ structured content comes back as JSON, never as a string of JSON.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -61,7 +61,7 @@ def message_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return message
 
 
-def error_record(event_id: str, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+def error_record(event_id: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The rows of one failed request as one record: the error and the messages it carried."""
     first = rows[0]
     other = _other(first)

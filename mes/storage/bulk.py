@@ -64,7 +64,7 @@ class Bulk:
         """Start a write transaction (drivers that begin implicitly need nothing)."""
 
     # -- statements ----------------------------------------------------------------
-    def insert(self, cur: Any, table: Table, columns: Sequence[str], rows: list[Row]) -> None:
+    def insert(self, cur: Any, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> None:
         if not rows:
             return
         key = ("insert", table.name, tuple(columns))
@@ -76,7 +76,7 @@ class Bulk:
             self._sql_cache[key] = sql
         cur.executemany(sql, rows)
 
-    def delete_keys(self, cur: Any, table: Table, keys: Sequence[str], values: list[Row]) -> None:
+    def delete_keys(self, cur: Any, table: Table, keys: Sequence[str], values: Sequence[Row]) -> None:
         """Delete the rows whose ``keys`` equal each tuple of ``values``."""
         if not values:
             return
@@ -89,7 +89,7 @@ class Bulk:
         table: Table,
         columns: Sequence[str],
         keys: Sequence[str],
-        rows: list[Row],
+        rows: Sequence[Row],
         *,
         add: Sequence[str] = (),
         keep: bool = False,
@@ -105,7 +105,7 @@ class Bulk:
             self._sql_cache[key] = sql
         self._run_upsert(cur, sql, rows)
 
-    def _run_upsert(self, cur: Any, sql: str, rows: list[Row]) -> None:
+    def _run_upsert(self, cur: Any, sql: str, rows: Sequence[Row]) -> None:
         cur.executemany(sql, rows)
 
     def _upsert_sql(
@@ -171,7 +171,7 @@ def _mysql_literal(value: Any, conn: Any) -> str:
     kind = type(value)
     if kind is str:
         if _MYSQL_SPECIAL.search(value) is None:
-            return "'" + value + "'"
+            return f"'{value}'"
         return str(conn.escape(value))  # PyMySQL's own: it knows NO_BACKSLASH_ESCAPES
     if value is None:
         return "NULL"
@@ -185,7 +185,7 @@ def _mysql_literal(value: Any, conn: Any) -> str:
 class MySQLBulk(Bulk):
     backend = "mysql"
 
-    def insert(self, cur: Any, table: Table, columns: Sequence[str], rows: list[Row]) -> None:
+    def insert(self, cur: Any, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> None:
         """Multi-row INSERTs of up to ~1 MB each, rendered here (see the module docstring)."""
         if not rows:
             return
@@ -327,10 +327,10 @@ class PostgresBulk(Bulk):
         # transaction under way (they count once it commits; a rollback takes them back).
         self._stages: weakref.WeakKeyDictionary[Any, tuple[set[str], set[str]]] = weakref.WeakKeyDictionary()
 
-    def insert(self, cur: Any, table: Table, columns: Sequence[str], rows: list[Row]) -> None:
+    def insert(self, cur: Any, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> None:
         self._copy(cur, table.name, columns, rows)
 
-    def _copy(self, cur: Any, name: str, columns: Sequence[str], rows: list[Row]) -> None:
+    def _copy(self, cur: Any, name: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
         if not rows:
             return
         key = ("copy", name, tuple(columns))
@@ -352,7 +352,7 @@ class PostgresBulk(Bulk):
         sql = super()._upsert_sql(table, columns, keys, add, keep)
         return sql.replace(self.marks(len(columns)), "%s", 1)
 
-    def _run_upsert(self, cur: Any, sql: str, rows: list[Row]) -> None:
+    def _run_upsert(self, cur: Any, sql: str, rows: Sequence[Row]) -> None:
         from psycopg2.extras import execute_values
 
         execute_values(cur, sql, rows, page_size=max(1, len(rows)))
@@ -363,7 +363,7 @@ class PostgresBulk(Bulk):
         table: Table,
         columns: Sequence[str],
         keys: Sequence[str],
-        rows: list[Row],
+        rows: Sequence[Row],
         *,
         add: Sequence[str] = (),
         keep: bool = False,

@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateColumn, CreateTable
 
 from mes.log import get_logger
-from mes.storage.tables import CHAT_BASE, MYSQL_TABLE_ARGS, chat_table, conversations_table, parse_day_suffix
+from mes.storage.tables import CHAT_BASE, chat_table, conversations_table, mes_table, parse_day_suffix
 from mes.storage.transcript import GAP
 from mes.storage.turns import message_digest, stored_message
 
@@ -50,12 +50,11 @@ _CHUNK = 1000
 
 
 def _schema_table(metadata: MetaData) -> Table:
-    return Table(
+    return mes_table(
         "mes_schema",
         metadata,
         Column("name", String(32), primary_key=True),
         Column("version", Integer, nullable=False),
-        **MYSQL_TABLE_ARGS,
     )
 
 
@@ -192,8 +191,8 @@ def _number_rows(conn: Connection, table: Table, running: dict[tuple[str, int], 
     digests: dict[int, bytes] = {}
     for i in range(0, len(rows), _CHUNK):
         chunk = [r.id for r in rows[i : i + _CHUNK]]
-        for r in conn.execute(select(c.id, c.role, c.content, c.other).where(c.id.in_(chunk))):
-            digests[r.id] = message_digest(stored_message(r.role, r.content, r.other))
+        for m in conn.execute(select(c.id, c.role, c.content, c.other).where(c.id.in_(chunk))):
+            digests[m.id] = message_digest(stored_message(m.role, m.content, m.other))
     for r in rows:
         state = running.get((r.conversation_id, r.user_id))
         if state is None:

@@ -536,7 +536,7 @@ def _chat_rows(
     response = raw.get("response") or {}
     usage = response.get("usage")
     tokens = _usage_tokens(usage)
-    head = {k: v for k, v in response.items() if k not in _RESPONSE_SKIP}
+    response_head = {k: v for k, v in response.items() if k not in _RESPONSE_SKIP}
     seq = len(messages)
     answered: list[int] = []
     claimed: str | None = None
@@ -563,8 +563,8 @@ def _chat_rows(
         if choice_extra:
             extra["choice"] = choice_extra
         if n == 0:
-            if head:
-                extra["response"] = head
+            if response_head:
+                extra["response"] = response_head
             for name in ("request_id", "metadata"):
                 if raw.get(name) is not None:
                     extra[name] = raw[name]

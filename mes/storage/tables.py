@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -43,6 +44,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql
+from sqlalchemy.schema import SchemaItem
 
 __all__ = [
     "CHAT_BASE",
@@ -78,11 +80,17 @@ def exact_string(length: int, collation: str | None) -> String:
     )
 
 
-MYSQL_TABLE_ARGS = {
-    "mysql_charset": "utf8mb4",
-    "mysql_collate": "utf8mb4_unicode_ci",
-    "mysql_engine": "InnoDB",
-}
+def mes_table(name: str, metadata: MetaData, *items: SchemaItem) -> Table:
+    """A table with MES's MySQL options (utf8mb4, InnoDB); other dialects ignore them."""
+    return Table(
+        name,
+        metadata,
+        *items,
+        mysql_charset="utf8mb4",
+        mysql_collate="utf8mb4_unicode_ci",
+        mysql_engine="InnoDB",
+    )
+
 
 _DAY_RE = re.compile(r"^(\d{4})_(\d{2})_(\d{2})$")
 
@@ -105,7 +113,7 @@ def parse_day_suffix(name: str, base: str) -> dt.date | None:
         return None
 
 
-def _history_columns() -> list[Column]:  # type: ignore[type-arg]
+def _history_columns() -> list[Column[Any]]:
     return [
         Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
         Column("user_id", Integer, nullable=False),
@@ -114,7 +122,7 @@ def _history_columns() -> list[Column]:  # type: ignore[type-arg]
 
 
 def chat_table(name: str, metadata: MetaData, ids: str | None = None) -> Table:
-    return Table(
+    return mes_table(
         name,
         metadata,
         *_history_columns(),
@@ -150,12 +158,11 @@ def chat_table(name: str, metadata: MetaData, ids: str | None = None) -> Table:
         Column("context", LongText),
         # The one secondary index: it is the dedup key and the read path of a conversation.
         UniqueConstraint("conversation_id", "message_id", name=f"uq_{name}_msg"),
-        **MYSQL_TABLE_ARGS,
     )
 
 
 def error_table(name: str, metadata: MetaData, ids: str | None = None) -> Table:
-    return Table(
+    return mes_table(
         name,
         metadata,
         *_history_columns(),
@@ -180,23 +187,21 @@ def error_table(name: str, metadata: MetaData, ids: str | None = None) -> Table:
         # A user's failed requests, newest first. Errors are a small share of traffic, so
         # this second index costs little, unlike one on the chat tables.
         Index(f"ix_{name}_user", "user_id", "created_at_ms"),
-        **MYSQL_TABLE_ARGS,
     )
 
 
 def ledger_table(name: str, metadata: MetaData, ids: str | None = None) -> Table:
-    return Table(
+    return mes_table(
         name,
         metadata,
         Column("event_id", exact_string(64, ids), primary_key=True),
         Column("kind", SmallInteger, nullable=False),
         Column("applied_at", BigInteger, nullable=False),
-        **MYSQL_TABLE_ARGS,
     )
 
 
 def conversations_table(metadata: MetaData, ids: str | None = None) -> Table:
-    return Table(
+    return mes_table(
         "mes_conversations",
         metadata,
         Column("conversation_id", exact_string(ID_LEN, ids), primary_key=True),
@@ -224,7 +229,6 @@ def conversations_table(metadata: MetaData, ids: str | None = None) -> Table:
         Column("tail_context", LongText),
         # Listing a user's conversations newest first, and seeking past a cursor.
         Index("ix_mes_conversations_user_last", "user_id", "last_at_ms", "conversation_id"),
-        **MYSQL_TABLE_ARGS,
     )
 
 
@@ -241,7 +245,7 @@ STAT_COUNTERS = (
 
 
 def daily_stats_table(metadata: MetaData, ids: str | None = None) -> Table:
-    return Table(
+    return mes_table(
         "mes_daily_stats",
         metadata,
         Column("user_id", Integer, primary_key=True, autoincrement=False),
@@ -254,12 +258,11 @@ def daily_stats_table(metadata: MetaData, ids: str | None = None) -> Table:
         Column("prompt_tokens", BigInteger, nullable=False, default=0),
         Column("completion_tokens", BigInteger, nullable=False, default=0),
         Column("total_tokens", BigInteger, nullable=False, default=0),
-        **MYSQL_TABLE_ARGS,
     )
 
 
 def dead_letters_table(metadata: MetaData, ids: str | None = None) -> Table:
-    return Table(
+    return mes_table(
         "mes_dead_letters",
         metadata,
         Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
@@ -274,7 +277,6 @@ def dead_letters_table(metadata: MetaData, ids: str | None = None) -> Table:
         Column("payload", LongBlob, nullable=False),  # raw bytes: whatever arrived, even invalid UTF-8
         Column("replayed_at", BigInteger),
         Index("ix_mes_dead_letters_created", "created_at"),
-        **MYSQL_TABLE_ARGS,
     )
 
 

@@ -133,20 +133,20 @@ def read_index(catalog: Catalog) -> Recount:
 def compare(expected: Recount, actual: Recount) -> list[str]:
     """Differences between a recount and the index, as readable lines (empty: they agree)."""
     problems = []
-    for key in sorted(set(expected.stats) | set(actual.stats)):
-        a, b = expected.stats.get(key, {}), actual.stats.get(key, {})
+    for stat_key in sorted(set(expected.stats) | set(actual.stats)):
+        a, b = expected.stats.get(stat_key, {}), actual.stats.get(stat_key, {})
         if a != b:
-            problems.append(f"mes_daily_stats{key}: recount {a} != stored {b}")
-    for key in sorted(set(expected.conversations) | set(actual.conversations)):
-        a, b = expected.conversations.get(key), actual.conversations.get(key)
-        if a is None or b is None:
-            problems.append(f"mes_conversations{key}: recount {a} != stored {b}")
+            problems.append(f"mes_daily_stats{stat_key}: recount {a} != stored {b}")
+    for conv_key in sorted(set(expected.conversations) | set(actual.conversations)):
+        ca, cb = expected.conversations.get(conv_key), actual.conversations.get(conv_key)
+        if ca is None or cb is None:
+            problems.append(f"mes_conversations{conv_key}: recount {ca} != stored {cb}")
             continue
-        for field in sorted(set(a) | set(b)):
-            if field == "days" and a["days"] <= b["days"]:
+        for field in sorted(set(ca) | set(cb)):
+            if field == "days" and ca["days"] <= cb["days"]:
                 continue  # a day can empty when an answer takes over its history copy: listed, harmless
-            if a.get(field) != b.get(field):
+            if ca.get(field) != cb.get(field):
                 problems.append(
-                    f"mes_conversations{key}.{field}: recount {a.get(field)!r} != stored {b.get(field)!r}"
+                    f"mes_conversations{conv_key}.{field}: recount {ca.get(field)!r} != stored {cb.get(field)!r}"
                 )
     return problems

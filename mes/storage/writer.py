@@ -407,9 +407,9 @@ class BatchWriter:
             )
             for day, rows in plan.ledger_rows.items():
                 bulk.insert(cur, catalog.day_tables(day).ledger, LEDGER_COLUMNS, rows)
-            for table_day, keys in plan.chat_deletes.items():
+            for table_day, message_keys in plan.chat_deletes.items():
                 bulk.delete_keys(
-                    cur, catalog.day_tables(table_day).chat, ("conversation_id", "message_id"), keys
+                    cur, catalog.day_tables(table_day).chat, ("conversation_id", "message_id"), message_keys
                 )
             for day, rows in plan.chat_rows.items():
                 bulk.insert(cur, catalog.day_tables(day).chat, CHAT_COLUMNS, rows)
