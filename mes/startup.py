@@ -61,9 +61,9 @@ def _waiting(check: Callable[[], T], what: str, wait_s: float) -> T:
             if time.monotonic() >= deadline:
                 raise
             attempt += 1
-            from mes.worker.main import _pause
+            from mes.worker.main import pause_before_retry
 
-            _pause(what, exc, attempt)
+            pause_before_retry(what, exc, attempt)
 
 
 def check_database(settings: Any, wait_s: float = 0.0) -> None:

@@ -95,10 +95,10 @@ def test_a_gap_inserted_into_again_and_again_keeps_its_order():
 
 @given(st.text(alphabet=st.sampled_from("ab \n\t\u3000你"), max_size=1200))
 def test_a_title_is_the_first_user_text_normalised_however_long(text):
-    from mes.storage.plan import TITLE_LEN, _title
+    from mes.storage.plan import TITLE_LEN, conversation_title
 
     assert (
-        _title([{"role": "system", "content": "x"}, {"role": "user", "content": text}])
+        conversation_title([{"role": "system", "content": "x"}, {"role": "user", "content": text}])
         == (" ".join(text.split())[:TITLE_LEN])
     )
 

@@ -27,7 +27,7 @@ from mes.redis_conn import connect as redis_connect
 from mes.worker.context import WorkerContext, install
 from mes.worker.runner import MESWorker
 
-__all__ = ["connect", "run_one", "supervise"]
+__all__ = ["connect", "pause_before_retry", "run_one", "supervise"]
 
 log = get_logger("mes.worker")
 
@@ -91,14 +91,14 @@ def run_one(settings: Settings, *, burst: bool = False, name: str | None = None)
                 if burst:
                     raise
                 attempt += 1
-                _pause("redis", exc, attempt)
+                pause_before_retry("redis", exc, attempt)
     finally:
         install(None)
         ctx.close()
         redis.close()
 
 
-def _pause(what: str, exc: BaseException, attempt: int) -> None:
+def pause_before_retry(what: str, exc: BaseException, attempt: int) -> None:
     """Wait before trying again; SIGTERM / SIGINT during the wait end the process cleanly."""
     delay = min(0.5 * 2 ** min(attempt, 5), 10.0)
     log.warning(f"{what}_unavailable", error=str(exc).splitlines()[0][:200], retry_in_s=delay)
@@ -121,7 +121,7 @@ def _wait_for(build: Any, what: str) -> Any:
             return build()
         except (DatabaseUnavailable, RedisConnectionError, RedisTimeoutError) as exc:
             attempt += 1
-            _pause(what, exc, attempt)
+            pause_before_retry(what, exc, attempt)
 
 
 def supervise(processes: int, argv: list[str]) -> int:

@@ -29,7 +29,7 @@ from sqlalchemy import Table, delete, func, insert, select, text, update
 from mes.days import date_of_int, day_int
 from mes.errors import ConfigError
 from mes.log import get_logger
-from mes.storage.plan import _title
+from mes.storage.plan import conversation_title
 from mes.storage.tables import STAT_COUNTERS
 from mes.storage.transcript import GAP
 from mes.storage.turns import message_digest, stored_message
@@ -179,7 +179,9 @@ def _recount_one(
         return None
     conv["event_count"], conv["error_count"] = len(chat_events), len(error_events)
     messages.sort(key=lambda m: (m[0], m[1]))
-    conv["title"] = _title([{"role": role, "content": content} for _, _, role, content in messages])
+    conv["title"] = conversation_title(
+        [{"role": role, "content": content} for _, _, role, content in messages]
+    )
     return conv
 
 

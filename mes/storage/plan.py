@@ -35,6 +35,7 @@ __all__ = [
     "Plan",
     "Prepared",
     "build_plan",
+    "conversation_title",
     "prepare",
 ]
 
@@ -258,7 +259,7 @@ def _extras(message: Mapping[str, Any], is_json: bool) -> dict[str, Any] | None:
     return extra or None
 
 
-def _title(messages: Sequence[Mapping[str, Any]]) -> str:
+def conversation_title(messages: Sequence[Mapping[str, Any]]) -> str:
     for message in messages:
         if message.get("role") == "user":
             content = message.get("content")
@@ -442,7 +443,7 @@ def _advance(
     if state.is_empty:
         state.first_at_ms = state.last_at_ms = ev.ms
         state.first_model = state.last_model = ev.model
-        state.title = _title(ev.messages)
+        state.title = conversation_title(ev.messages)
         stats.add(ev.user_id, day, ev.model, _CONVERSATIONS, 1)
     elif (ev.ms, ev.model) < (state.first_at_ms, state.first_model):
         # An earlier event arrived late: the conversation now starts on its day. Move the
@@ -451,7 +452,7 @@ def _advance(
         stats.add(ev.user_id, old_day, state.first_model, _CONVERSATIONS, -1)
         stats.add(ev.user_id, day, ev.model, _CONVERSATIONS, 1)
         state.first_at_ms, state.first_model = ev.ms, ev.model
-        state.title = _title(ev.messages) or state.title
+        state.title = conversation_title(ev.messages) or state.title
     # Ties on the millisecond are broken by model name, so the result does not depend on
     # the order events arrive in (and a recount can reproduce it).
     if (ev.ms, ev.model) > (state.last_at_ms, state.last_model):
