@@ -11,6 +11,7 @@ from sqlalchemy import event
 
 from mes.reader import AmbiguousConversation, BadCursor, HistoryReader
 from mes.storage import Storage
+from mes.storage.delete import delete_conversation
 
 from .factories import BASE_MS, assert_consistent, chat, conversation, error
 
@@ -181,16 +182,16 @@ def test_delete_removes_every_day_index_and_rollup_and_is_idempotent(backend):
     )
     reader = reader_on(storage)
     before_other = reader.get_conversation_messages("gone", 50, user_id=2)
-    assert reader.delete_user_conversation(2, "kept") is False  # not theirs: looks like nothing
+    assert delete_conversation(reader.storage, 2, "kept") is False  # not theirs: looks like nothing
     assert reader.get_conversation("kept", 1) is not None
-    assert reader.delete_user_conversation(1, "gone") is True
+    assert delete_conversation(reader.storage, 1, "gone") is True
     assert reader.get_conversation_messages("gone", 50, user_id=1) is None
     assert reader.get_conversation_errors("gone", user_id=1) is None
     assert reader.get_user_errors(1).items == []
     assert [c["id"] for c in reader.get_user_conversations(1).items] == ["kept"]
     stats = reader.get_conversation_stats(1)
     assert stats["total_conversations"] == 1 and stats["total_messages"] == 5 and stats["total_errors"] == 0
-    assert reader.delete_user_conversation(1, "gone") is False  # repeating is harmless
+    assert delete_conversation(reader.storage, 1, "gone") is False  # repeating is harmless
     assert reader.get_conversation_messages("gone", 50, user_id=2) == before_other
     assert_consistent(storage)
     with pytest.raises(AmbiguousConversation):
@@ -203,7 +204,7 @@ def test_replaying_a_deleted_conversation_does_not_bring_it_back(backend):
     events = conversation("c", 2)
     storage.writer.write(events)
     reader = reader_on(storage)
-    assert reader.delete_user_conversation(1, "c")
+    assert delete_conversation(reader.storage, 1, "c")
     storage.writer.write(events)  # an old job replayed: the ledger knows these events
     assert reader.get_conversation("c", 1) is None
     assert_consistent(storage)
@@ -221,7 +222,7 @@ def test_random_ingest_and_delete_keep_stats_and_listing_equal_to_a_recount(back
     for step in range(40):
         if alive and rng.random() < 0.15:
             key = rng.choice(sorted(alive))
-            assert reader.delete_user_conversation(key[0], key[1])
+            assert delete_conversation(reader.storage, key[0], key[1])
             del alive[key]
             histories.pop(key, None)
             continue

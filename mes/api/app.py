@@ -42,6 +42,7 @@ from mes.errors import MESError
 from mes.log import get_logger
 from mes.metrics import observe_api_request, register_queue_collector
 from mes.reader import BadCursor
+from mes.storage.delete import delete_conversation as delete_user_conversation
 
 __all__ = ["create_app"]
 
@@ -432,7 +433,7 @@ def _routes() -> Any:
         user's conversation answers 404, exactly as one that does not exist."""
         svc = _svc(request)
         owner = _owner_of(svc, caller, conversation_id, user_id)
-        if owner is None or not svc.reader.delete_user_conversation(owner, conversation_id):
+        if owner is None or not delete_user_conversation(svc.reader.storage, owner, conversation_id):
             raise _not_found()
         log.info("conversation_deleted", conversation_id=conversation_id, user_id=owner, by=caller.user_id)
         return {"message": "conversation deleted", "conversation_id": conversation_id, "deleted": True}

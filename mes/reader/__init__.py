@@ -1,4 +1,5 @@
-"""Reading history back (importable without the worker or the producer).
+"""Reading history back (importable without the worker or the producer). It only reads:
+deleting a conversation is storage's (``mes.storage.delete.delete_conversation``).
 
 ::
 
@@ -6,7 +7,6 @@
     reader = HistoryReader(Storage.open(DatabaseSettings.from_env(os.environ)))
     reader.get_user_conversations(user_id, limit=20, offset=0)
     reader.get_conversation_messages(conversation_id, limit=50, user_id=user_id)
-    reader.delete_user_conversation(user_id, conversation_id)
     reader.get_conversation_stats(user_id)
     reader.get_user_errors(user_id); reader.get_conversation_errors(conversation_id, user_id=user_id)
 """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -103,36 +103,6 @@ class HistoryReader:
         if self.catalog.daily:  # build the days' table objects now, not on a reader's first visit
             for day in self.catalog.partition_days():
                 self.catalog.day_tables(day)
-
-    # -- which tables ------------------------------------------------------------------
-    def _tables(self, days: Iterable[int], kind: str) -> list[Table]:
-        """The existing tables (``chat`` or ``error``) that may hold rows of ``days``."""
-        wanted = []
-        if self.catalog.daily:
-            wanted = [
-                getattr(self.catalog.day_tables(date_of_int(d)), kind)
-                for d in sorted(set(days), reverse=True)
-            ]
-        plain = getattr(self.catalog.day_tables(None), kind) if not self.catalog.daily else None
-        if plain is None:
-            # partitioning was switched on later: rows of older days may sit in the plain table
-            plain = self._plain(kind)
-        candidates = [*wanted, plain] if plain is not None else wanted
-        if any(not self.catalog.is_known(t.name) for t in candidates):
-            self.catalog.refresh()
-        return [t for t in candidates if self.catalog.is_known(t.name)]
-
-    def _plain(self, kind: str) -> Table | None:
-        from mes.storage.tables import chat_table, error_table
-
-        name = "conversation_histories" if kind == "chat" else "error_conversation_histories"
-        if not self.catalog.is_known(name):
-            return None
-        existing = self.catalog.metadata.tables.get(name)
-        if existing is not None:
-            return existing
-        make = chat_table if kind == "chat" else error_table
-        return make(name, self.catalog.metadata, self.catalog.id_collation)
 
     # -- conversations -----------------------------------------------------------------
     def get_user_conversations(
@@ -231,7 +201,7 @@ class HistoryReader:
         conversation_id = conv.conversation_id
         days = [int(d) for d in conv.days.split(",") if d]
         found: list[dict[str, Any]] = []
-        for table in self._tables(days, "chat"):
+        for table in self.catalog.history_tables(days, "chat"):
             c = table.c
             q = (
                 select(*(c[name] for name in _MESSAGE_COLS))
@@ -256,7 +226,7 @@ class HistoryReader:
             if conv is None:
                 return None
             days = [int(d) for d in conv.days.split(",") if d]
-            tables = self._tables(days, "chat")
+            tables = self.catalog.history_tables(days, "chat")
             answers: list[dict[str, Any]] = []
             for table in tables:
                 c = table.c
@@ -280,14 +250,6 @@ class HistoryReader:
                     by_ordinal.update((r.ordinal, dict(r._mapping)) for r in conn.execute(q))
         rows = [by_ordinal[o] for o in wanted if o in by_ordinal]  # a day dropped by retention: gone
         return [message_from_row(r) for r in [*rows, *answers]]
-
-    def delete_user_conversation(self, user_id: int, conversation_id: str) -> bool:
-        """Delete a conversation from the history and error tables of every day it spans,
-        the index and the rollups, in one transaction. False if ``user_id`` has no such
-        conversation (another user's looks exactly like none). Repeating it is harmless."""
-        from mes.reader.delete import delete_conversation
-
-        return delete_conversation(self, user_id, conversation_id)
 
     # -- stats -------------------------------------------------------------------------
     def get_conversation_stats(
@@ -373,7 +335,7 @@ class HistoryReader:
         records: list[dict[str, Any]] = []
         want = offset + limit + 1
         cursor_seen = after is None
-        for table in self._tables(days, "error"):
+        for table in self.catalog.history_tables(days, "error"):
             rows = self._error_rows(table, user_id, model, since_ms, until_ms)
             for record in rows:
                 if not cursor_seen:
@@ -412,7 +374,7 @@ class HistoryReader:
         days = [int(d) for d in conv.days.split(",") if d]
         rows: list[dict[str, Any]] = []
         with self.engine.connect() as conn:
-            for table in self._tables(days, "error"):
+            for table in self.catalog.history_tables(days, "error"):
                 c = table.c
                 q = select(*(c[n] for n in _ERROR_COLS)).where(
                     c.conversation_id == conversation_id, c.user_id == conv.user_id

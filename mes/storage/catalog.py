@@ -18,6 +18,7 @@ from sqlalchemy import Engine, MetaData, Table, inspect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from mes.days import date_of_int
 from mes.log import get_logger
 from mes.metrics import PARTITIONS_CREATED
 from mes.storage.tables import (
@@ -25,9 +26,11 @@ from mes.storage.tables import (
     ERROR_BASE,
     LEDGER_BASE,
     DayTables,
+    chat_table,
     conversations_table,
     daily_stats_table,
     dead_letters_table,
+    error_table,
     parse_day_suffix,
 )
 
@@ -161,6 +164,31 @@ class Catalog:
 
     def _exists(self, name: str) -> bool:
         return name in set(inspect(self.engine).get_table_names())
+
+    def history_tables(self, days: Iterable[int], kind: str) -> list[Table]:
+        """The existing tables (``chat`` or ``error``) that may hold rows of ``days``
+        (``YYYYMMDD`` integers), newest day first."""
+        wanted = []
+        if self.daily:
+            wanted = [getattr(self.day_tables(date_of_int(d)), kind) for d in sorted(set(days), reverse=True)]
+        plain = getattr(self.day_tables(None), kind) if not self.daily else None
+        if plain is None:
+            # partitioning was switched on later: rows of older days may sit in the plain table
+            plain = self._plain(kind)
+        candidates = [*wanted, plain] if plain is not None else wanted
+        if any(not self.is_known(t.name) for t in candidates):
+            self.refresh()
+        return [t for t in candidates if self.is_known(t.name)]
+
+    def _plain(self, kind: str) -> Table | None:
+        name = "conversation_histories" if kind == "chat" else "error_conversation_histories"
+        if not self.is_known(name):
+            return None
+        existing = self.metadata.tables.get(name)
+        if existing is not None:
+            return existing
+        make = chat_table if kind == "chat" else error_table
+        return make(name, self.metadata, self.id_collation)
 
     def drop_day(self, day: dt.date) -> list[str]:
         """Drop the three tables of ``day``; returns the names that existed."""

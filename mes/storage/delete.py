@@ -16,19 +16,22 @@ from sqlalchemy import and_, delete, select, update
 from mes.days import day_int
 
 if TYPE_CHECKING:
-    from mes.reader.history import HistoryReader
+    from mes.storage import Storage
 
 __all__ = ["delete_conversation"]
 
 
-def delete_conversation(reader: HistoryReader, user_id: int, conversation_id: str) -> bool:
-    catalog, calendar = reader.catalog, reader.calendar
+def delete_conversation(storage: Storage, user_id: int, conversation_id: str) -> bool:
+    """Delete a conversation from the history and error tables of every day it spans,
+    the index and the rollups, in one transaction. False if ``user_id`` has no such
+    conversation (another user's looks exactly like none). Repeating it is harmless."""
+    catalog, calendar = storage.catalog, storage.calendar
     conv_t, stats_t = catalog.conversations, catalog.daily_stats
     lock = conv_t.c.conversation_id == conversation_id, conv_t.c.user_id == user_id
-    engine = reader.engine.execution_options(mes_write=True)  # SQLite: BEGIN IMMEDIATE
+    engine = storage.engine.execution_options(mes_write=True)  # SQLite: BEGIN IMMEDIATE
     with engine.begin() as conn:
         query = select(conv_t.c.days, conv_t.c.first_at_ms, conv_t.c.first_model).where(*lock)
-        if reader.engine.dialect.name != "sqlite":
+        if storage.engine.dialect.name != "sqlite":
             query = query.with_for_update()
         conv = conn.execute(query).first()
         if conv is None:
@@ -37,7 +40,7 @@ def delete_conversation(reader: HistoryReader, user_id: int, conversation_id: st
         deltas: dict[tuple[int, str], dict[str, Any]] = defaultdict(
             lambda: {"messages": 0, "requests": set(), "errors": set(), "p": 0, "c": 0, "t": 0}
         )
-        for table in reader._tables(days, "chat"):
+        for table in catalog.history_tables(days, "chat"):
             c = table.c
             mine = (c.conversation_id == conversation_id, c.user_id == user_id)
             cols = (
@@ -56,7 +59,7 @@ def delete_conversation(reader: HistoryReader, user_id: int, conversation_id: st
                 d["c"] += comp
                 d["t"] += t
             conn.execute(delete(table).where(*mine))
-        for table in reader._tables(days, "error"):
+        for table in catalog.history_tables(days, "error"):
             c = table.c
             mine = (c.conversation_id == conversation_id, c.user_id == user_id)
             for model, ms, eid in conn.execute(
