@@ -1,0 +1,67 @@
+"""The map matches the tree: ARCHITECTURE.md and the README's Layout name files that exist,
+the import contracts cover every module of the package, and no module imports another
+module's private name (``from mes.x import _y``)."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# the folders of the package, and the package each installs as (pyproject.toml)
+FOLDERS = {"mes": "mes", "producer": "mes.producer", "worker": "mes.worker", "schemas": "mes.schemas"}
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    out = {}
+    for folder, package in FOLDERS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join((package, *parts))] = path
+    return out
+
+
+def _paths_named(text: str) -> set[str]:
+    """Backticked repository paths such as `mes/storage/plan.py` or `worker/`."""
+    named = set(re.findall(r"`((?:mes|producer|worker|schemas|bench|tests|\.ci)/[\w./*-]*)`", text))
+    return {p for p in named if "*" not in p}
+
+
+def test_architecture_and_layout_name_only_files_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    for source, text in (("ARCHITECTURE.md", (ROOT / "ARCHITECTURE.md").read_text()), ("README", layout)):
+        named = _paths_named(text)
+        assert named, source
+        missing = sorted(p for p in named if not (ROOT / p).exists())
+        assert not missing, f"{source} names {missing}"
+
+
+def test_every_module_of_the_package_sits_in_a_layer():
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".importlinter")
+    layers = config["importlinter:contract:layers"]["layers"]
+    named = {m.strip() for line in layers.splitlines() for m in re.split(r"[|:]", line) if m.strip()}
+    modules = _modules()
+    assert named <= set(modules), named - set(modules)
+    top = {m for m in modules if m.count(".") == 1}  # mes.x: each a module or a package
+    assert top - named == set(), f"not in any layer of .importlinter: {sorted(top - named)}"
+
+
+def test_no_module_imports_another_modules_private_name():
+    found = []
+    for module, path in _modules().items():
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mes")):
+                continue
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                # a package's __init__ may re-export its own modules' names
+                if private and not (path.name == "__init__.py" and node.module.startswith(package + ".")):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{alias.name}")
+    assert not found, "\n".join(found)
