@@ -13,29 +13,15 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from mes.errors import ConfigError, DatabaseUnavailable, QueueUnavailable, RetryableError
 
-__all__ = ["check_database", "check_listen", "check_redis", "redis_address", "startup_wait"]
+__all__ = ["check_database", "check_listen", "check_redis", "redis_address"]
 
 T = TypeVar("T")
-
-
-def startup_wait(env: Mapping[str, str]) -> float:
-    """``MES_STARTUP_WAIT``: seconds to wait at start for a dependency that does not answer."""
-    raw = (env.get("MES_STARTUP_WAIT") or "").strip()
-    if not raw:
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 86_400:
-        raise ConfigError("MES_STARTUP_WAIT must be a number of seconds between 0 and 86400")
-    return value
 
 
 def redis_address(url: str) -> str:

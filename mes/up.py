@@ -23,7 +23,6 @@ from typing import Any
 import click
 
 from mes.config.settings import Settings
-from mes.errors import ConfigError
 
 __all__ = ["key_file", "operator_key", "run_up", "serve_app"]
 
@@ -64,11 +63,11 @@ def run_up(settings: Settings, *, workers: int, host: str | None, port: int | No
     from mes.api.app import create_app
     from mes.embedded import EmbeddedRedis
     from mes.leftovers import Note
-    from mes.startup import check_database, check_listen, check_redis, startup_wait
+    from mes.startup import check_database, check_listen, check_redis
 
     data_dir = os.path.abspath(settings.data_dir)
     env = dict(os.environ)
-    wait = startup_wait(env)
+    wait = settings.startup_wait
     host = host or settings.api.host
     port = settings.api.port if port is None else port
     check_listen(host, port)
@@ -83,10 +82,7 @@ def run_up(settings: Settings, *, workers: int, host: str | None, port: int | No
     note.add("up", os.getpid())
     try:
         if not settings.queue.redis_url:
-            wanted = (env.get("MES_EMBEDDED_REDIS_PORT") or "").strip()
-            if wanted and not (wanted.isdigit() and int(wanted) < 65536):
-                raise ConfigError("MES_EMBEDDED_REDIS_PORT must be a port number (0: any free port)")
-            redis_server = EmbeddedRedis(data_dir, port=int(wanted) if wanted else None)
+            redis_server = EmbeddedRedis(data_dir, port=settings.embedded_redis_port)
             redis_server.start()
             assert redis_server.process is not None
             note.add("redis", redis_server.process.pid)

@@ -65,3 +65,33 @@ def test_no_module_imports_another_modules_private_name():
                 if private and not (path.name == "__init__.py" and node.module.startswith(package + ".")):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{alias.name}")
     assert not found, "\n".join(found)
+
+
+def _reads_a_variable(node: ast.AST) -> str | None:
+    """``os.environ["X"]``, ``os.getenv("X")``, ``env.get("X")``, ``env["X"]`` (read, not
+    written) for a name MES reads (``MES_*``, ``SQL_*``, ``REDIS_*``, ``TZ``, ``DEBUG``)."""
+    name = None
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+        if node.func.attr in ("get", "getenv", "pop") and isinstance(node.args[0], ast.Constant):
+            name = node.args[0].value
+    elif (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.ctx, ast.Load)
+        and isinstance(node.slice, ast.Constant)
+    ):
+        name = node.slice.value
+    if isinstance(name, str) and re.fullmatch(r"(?:MES|SQL|REDIS)_[A-Z_]+|TZ|DEBUG", name):
+        return name
+    return None
+
+
+def test_every_environment_variable_is_read_in_the_settings_module():
+    found = []
+    for module, path in _modules().items():
+        if module.startswith("mes.config"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = _reads_a_variable(node)
+            if name:
+                found.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}: {name}")
+    assert not found, "\n".join(found)

@@ -53,7 +53,7 @@ def run_one(settings: Settings, *, burst: bool = False, name: str | None = None)
     redis = connect(settings)
     ctx = _wait_for(lambda: WorkerContext.build(settings, redis), "database")
     install(ctx)
-    if settings.api.metrics_port:
+    if settings.worker.metrics_port:
         from prometheus_client import start_http_server
 
         from mes.metrics import register_queue_collector
@@ -61,7 +61,7 @@ def run_one(settings: Settings, *, burst: bool = False, name: str | None = None)
         from mes.worker.brake import figures as braked
 
         name = settings.queue.queue_name
-        start_http_server(settings.api.metrics_port, addr="0.0.0.0")
+        start_http_server(settings.worker.metrics_port, addr="0.0.0.0")
         # and mes_queue_braked_{batches,events}: what the poison brake holds for a replay
         register_queue_collector(
             lambda: {
@@ -69,7 +69,7 @@ def run_one(settings: Settings, *, burst: bool = False, name: str | None = None)
                 **{f"braked_{k}": v for k, v in braked(redis, name).items()},
             }
         )
-        log.info("metrics_listening", port=settings.api.metrics_port)
+        log.info("metrics_listening", port=settings.worker.metrics_port)
     try:
         attempt = 0
         while True:
@@ -124,7 +124,7 @@ def _wait_for(build: Any, what: str) -> Any:
             pause_before_retry(what, exc, attempt)
 
 
-def supervise(processes: int, argv: list[str]) -> int:
+def supervise(processes: int, argv: list[str], *, metrics_port: int = 0) -> int:
     """Run ``processes`` single workers as children; restart any that exits unasked.
 
     SIGTERM/SIGINT are passed on (each child finishes its batch); returns when all exited.
@@ -132,12 +132,10 @@ def supervise(processes: int, argv: list[str]) -> int:
     children: dict[int, subprocess.Popen[Any]] = {}
     stopping = False
 
-    base_port = int(os.environ.get("MES_METRICS_PORT") or 0)
-
     def spawn(slot: int) -> None:
         env = dict(os.environ)
-        if base_port:
-            env["MES_METRICS_PORT"] = str(base_port + slot)  # one metrics port per process
+        if metrics_port:
+            env["MES_METRICS_PORT"] = str(metrics_port + slot)  # one metrics port per process
         cmd = [sys.executable, "-m", "mes", "worker", "--processes", "1", *argv]
         children[slot] = subprocess.Popen(cmd, env=env)
 

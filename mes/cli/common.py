@@ -7,27 +7,30 @@ from __future__ import annotations
 import datetime as dt
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from mes.config.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def load_settings() -> Any:
+def load_settings() -> Settings:
     """Settings from the environment. With REDIS_CONN_STRING unset, the embedded Redis of
     a ``mes up`` running on the same data folder, if there is one."""
     import os
 
-    from mes.config.settings import Settings, data_dir
+    from mes.config.settings import Settings
     from mes.embedded import runtime_redis_url
 
-    env = dict(os.environ)
-    if not env.get("REDIS_CONN_STRING"):
-        url = runtime_redis_url(data_dir(env))
+    settings = Settings.from_env(os.environ)
+    if not settings.queue.redis_url:
+        url = runtime_redis_url(settings.data_dir)
         if url:
-            env["REDIS_CONN_STRING"] = url
-    return Settings.from_env(env)
+            settings = settings.with_redis_url(url)
+    return settings
 
 
 def handle_errors(func: F) -> F:

@@ -30,15 +30,14 @@ def worker(processes: int, burst: bool, name: str | None, skip_checks: bool) -> 
     At start, Redis and the database must answer (within MES_STARTUP_WAIT seconds, default
     0): else one line says which does not, and it exits. Once started, it waits out outages.
     """
-    import os
 
     from mes.log import configure_logging
-    from mes.startup import check_database, check_redis, startup_wait
+    from mes.startup import check_database, check_redis
 
     settings = load_settings()
     configure_logging(debug=settings.debug)
     if not skip_checks:
-        wait = startup_wait(os.environ)
+        wait = settings.startup_wait
         check_redis(settings, wait)
         check_database(settings, wait)
     if processes > 1:
@@ -46,7 +45,7 @@ def worker(processes: int, burst: bool, name: str | None, skip_checks: bool) -> 
 
         # the children wait for Redis and the database as a started worker does
         argv = ["--skip-checks", *(["--burst"] if burst else [])]
-        sys.exit(supervise(processes, argv))
+        sys.exit(supervise(processes, argv, metrics_port=settings.worker.metrics_port))
     from mes.worker.main import run_one
 
     run_one(settings, burst=burst, name=name)
@@ -67,20 +66,19 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
 
     The database must answer at start (within MES_STARTUP_WAIT seconds, default 0), else
     one line says why and it exits; an unreachable Redis is one warning line (ingest spools)."""
-    import os
 
     import uvicorn
 
     from mes.errors import QueueUnavailable
     from mes.log import configure_logging
-    from mes.startup import check_database, check_listen, check_redis, startup_wait
+    from mes.startup import check_database, check_listen, check_redis
 
     settings = load_settings()
     configure_logging(debug=settings.debug)
     host = host or settings.api.host
     port = settings.api.port if port is None else port
     check_listen(host, port)
-    check_database(settings, startup_wait(os.environ))
+    check_database(settings, settings.startup_wait)
     if settings.queue.redis_url:
         try:
             check_redis(settings)

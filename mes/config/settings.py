@@ -246,6 +246,7 @@ class WorkerSettings:
     drain_linger_ms: int = 200
     maintenance_interval: int = 15
     retention_days: int = 0  # 0: keep everything
+    metrics_port: int = 0  # Prometheus port (0: off); `mes worker -p N` gives process i port + i
 
     @classmethod
     def from_env(cls, env: Env) -> WorkerSettings:
@@ -254,6 +255,7 @@ class WorkerSettings:
             drain_linger_ms=env_int(env, "MES_DRAIN_LINGER_MS", 200, minimum=1, maximum=60_000),
             maintenance_interval=env_int(env, "MES_MAINTENANCE_INTERVAL", 15, minimum=1, maximum=3600),
             retention_days=env_int(env, "MES_RETENTION_DAYS", 0, minimum=0),
+            metrics_port=env_int(env, "MES_METRICS_PORT", 0, minimum=0, maximum=65535),
         )
 
 
@@ -268,7 +270,6 @@ class ApiSettings:
     auth_cache_seconds: int = 5  # a revoked token keeps working at most this long
     ingest_max_events: int = 1000
     ingest_max_bytes: int = 16 * 1024 * 1024
-    metrics_port: int = 0  # workers' Prometheus port (0: off); the API serves /metrics itself
 
     @classmethod
     def from_env(cls, env: Env) -> ApiSettings:
@@ -282,7 +283,6 @@ class ApiSettings:
             auth_cache_seconds=env_int(env, "MES_AUTH_CACHE_SECONDS", 5, minimum=0, maximum=3600),
             ingest_max_events=env_int(env, "MES_INGEST_MAX_EVENTS", 1000, minimum=1, maximum=100_000),
             ingest_max_bytes=env_int(env, "MES_INGEST_MAX_BYTES", 16 * 1024 * 1024, minimum=1024),
-            metrics_port=env_int(env, "MES_METRICS_PORT", 0, minimum=0, maximum=65535),
         )
 
 
@@ -297,10 +297,17 @@ class Settings:
     main_db: DatabaseConfig | None  # New API's SQL_DSN: users and tokens for the read API
     data_dir: str
     debug: bool
+    startup_wait: float = 0.0  # MES_STARTUP_WAIT: seconds a starting process waits for a dependency
+    embedded_redis_port: int | None = None  # MES_EMBEDDED_REDIS_PORT (`mes up`; None: the last run's)
 
     @property
     def queue(self) -> QueueSettings:
         return self.producer.queue
+
+    def with_redis_url(self, url: str) -> Settings:
+        """The same settings on another Redis (a running ``mes up``'s embedded one)."""
+        queue = dataclasses.replace(self.queue, redis_url=url)
+        return dataclasses.replace(self, producer=dataclasses.replace(self.producer, queue=queue))
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Settings:
@@ -315,4 +322,26 @@ class Settings:
             main_db=parse_dsn(main_raw, variable="SQL_DSN", data_dir=base) if main_raw else None,
             data_dir=base,
             debug=env_bool(env, "DEBUG", False),
+            startup_wait=_startup_wait(env),
+            embedded_redis_port=_embedded_redis_port(env),
         )
+
+
+def _startup_wait(env: Env) -> float:
+    raw = (_get(env, "MES_STARTUP_WAIT") or "").strip()
+    if not raw:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86_400:
+        raise ConfigError("MES_STARTUP_WAIT must be a number of seconds between 0 and 86400")
+    return value
+
+
+def _embedded_redis_port(env: Env) -> int | None:
+    wanted = (_get(env, "MES_EMBEDDED_REDIS_PORT") or "").strip()
+    if wanted and not (wanted.isdigit() and int(wanted) < 65536):
+        raise ConfigError("MES_EMBEDDED_REDIS_PORT must be a port number (0: any free port)")
+    return int(wanted) if wanted else None
