@@ -20,20 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from mes.errors import InvalidEvent
+from mes.errors import EventTooLarge
 
 __all__ = ["CONTRACT_LIMIT", "MAX_EVENT_BYTES", "EventTooLarge", "SizeLimit"]
 
 MAX_EVENT_BYTES = 16 << 20
-
-
-class EventTooLarge(InvalidEvent):
-    """The event is larger than a door takes: never retry it as it is (HTTP 413)."""
-
-    def __init__(self, reason: str, event_id: str | None, *, size: int, max_bytes: int) -> None:
-        super().__init__(reason, event_id)
-        self.size = size
-        self.max_bytes = max_bytes
 
 
 @dataclasses.dataclass(frozen=True)

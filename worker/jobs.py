@@ -12,7 +12,7 @@ from typing import Any
 from rq import get_current_job
 
 from mes import metrics
-from mes.errors import InvalidEvent
+from mes.errors import InvalidEvent, PoisonBatchError
 from mes.log import get_logger
 from mes.schemas import decode_event
 from mes.storage import DeadLetter
@@ -23,12 +23,6 @@ from mes.worker.context import WorkerContext, current
 __all__ = ["POISON_MIN_EVENTS", "POISON_RATIO", "PoisonBatchError", "write_batch"]
 
 log = get_logger("mes.worker")
-
-
-class PoisonBatchError(Exception):
-    """Most of the batch is invalid (see ``brake``). Its valid events are written; the job
-    fails without retries and its invalid events wait in Redis, shown by ``mes stats``,
-    until ``mes replay failed`` releases them into the dead letters."""
 
 
 def write_batch(batch_id: str) -> dict[str, Any]:

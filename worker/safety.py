@@ -16,15 +16,12 @@ from typing import Any
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
+from mes.errors import ForeignJobError
 from mes.queue import JOB_FUNCTION
 
 __all__ = ["ALLOWED", "ForeignJobError", "MESJob"]
 
 ALLOWED = frozenset({JOB_FUNCTION})
-
-
-class ForeignJobError(Exception):
-    """The job is not one MES made; it is failed without running anything."""
 
 
 class MESJob(Job):

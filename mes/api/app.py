@@ -11,6 +11,7 @@ import contextlib
 import functools
 import gc
 import inspect
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -147,8 +148,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MESError)
     async def _mes(_r: Request, exc: MESError) -> Response:
-        log.error("mes_error", error=str(exc)[:300])
-        return error_response(503, "MES is unavailable; try again shortly", "unavailable")
+        # mes.errors maps each class to its status; a 5xx's text may name hosts: not shown
+        if exc.http_status >= 500:
+            log.error("mes_error", error=str(exc)[:300], error_type=type(exc).__name__)
+            return error_response(exc.http_status, "MES is unavailable; try again shortly", "unavailable")
+        code = re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()  # BadCursor: bad_cursor
+        return error_response(exc.http_status, str(exc)[:500], code)
 
 
 class _Observe:

@@ -39,16 +39,15 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mes.errors import ConfigError, RetryableError
+        from mes.errors import ConfigError, MESError, RetryableError
 
         try:
             return func(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"mes: configuration error: {exc}", err=True)
-            sys.exit(2)
-        except RetryableError as exc:
-            click.echo(f"mes: unavailable: {exc}", err=True)
-            sys.exit(3)
+        except MESError as exc:  # mes.errors maps each class to its exit code
+            what = {ConfigError: "configuration error", RetryableError: "unavailable"}
+            kind = next((w for cls, w in what.items() if isinstance(exc, cls)), "error")
+            click.echo(f"mes: {kind}: {exc}", err=True)
+            sys.exit(exc.exit_code)
         except Exception as exc:
             line = dependency_error(exc)
             if line is None:

@@ -22,6 +22,7 @@ import orjson
 from sqlalchemy import Table, and_, desc, func, or_, select
 
 from mes.days import date_of_int, day_int
+from mes.errors import AmbiguousConversation, BadCursor
 from mes.reader.messages import error_record, message_from_row
 from mes.storage import Storage
 from mes.storage.tables import STAT_COUNTERS
@@ -37,14 +38,6 @@ _ERROR_COLS = (
     "event_id", "conversation_id", "user_id", "model_name", "error_code", "error_message", "created_at",
     "created_at_ms", "seq", "role", "content", "other",
 )  # fmt: skip
-
-
-class BadCursor(ValueError):
-    """``after`` names nothing this caller can see."""
-
-
-class AmbiguousConversation(ValueError):
-    """Several users have a conversation with this id; say which (``user_id``)."""
 
 
 @dataclasses.dataclass

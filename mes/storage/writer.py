@@ -39,7 +39,7 @@ import orjson
 from sqlalchemy import Engine
 
 from mes.days import DayCalendar, date_of_int
-from mes.errors import DatabaseUnavailable, MESError
+from mes.errors import BatchDataError, ConnectionLost, DatabaseUnavailable
 from mes.log import get_logger
 from mes.storage.bulk import Bulk, ErrorKind, bulk_for
 from mes.storage.catalog import Catalog
@@ -142,23 +142,6 @@ class WriteResult:
         return WriteResult(
             *(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True))
         )
-
-
-class BatchDataError(MESError):
-    """The database refused a value of this batch (too long, bad encoding, ...).
-
-    Tied to one event, not to the database's health: split the batch to find it.
-    """
-
-
-class ConnectionLost(DatabaseUnavailable):
-    """The connection broke in the middle of the batch's statements.
-
-    Either the database went away, or it dropped this connection because of what was
-    sent (MySQL/MariaDB close the connection after a statement over ``max_allowed_packet``,
-    and the driver may report that as "server has gone away"). ``write_isolating`` tells
-    the two apart by asking the database whether it answers.
-    """
 
 
 @contextlib.contextmanager
