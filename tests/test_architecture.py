@@ -95,3 +95,13 @@ def test_every_environment_variable_is_read_in_the_settings_module():
             if name:
                 found.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}: {name}")
     assert not found, "\n".join(found)
+
+
+def test_pyproject_lists_every_package_of_the_tree():
+    """setuptools installs only the packages pyproject.toml names: a new folder left out
+    would be missing from the wheel (and from `mes`)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {m for m, p in _modules().items() if p.name == "__init__.py"}
+    assert listed == packages, (packages - listed, listed - packages)

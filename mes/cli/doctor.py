@@ -32,11 +32,13 @@ def _doctor_database(report: _Report, settings: Any) -> Any:
     from sqlalchemy.pool import NullPool
 
     from mes.storage import Storage
+    from mes.storage.backends import backend_of
     from mes.storage.engine import connect_args, explain_connect_error, is_unknown_database, sqlalchemy_url
 
     db = settings.database.db
+    backend = backend_of(db)
     creates = "mes init-db creates it (as does any `mes` process: up, worker, serve)"
-    if db.backend == "sqlite":
+    if not backend.is_server:
         if not os.path.exists(db.database):
             report.line("WARN", "database", f"{db.describe()} does not exist yet", creates)
             return None
@@ -47,8 +49,9 @@ def _doctor_database(report: _Report, settings: Any) -> Any:
                 pass
         except DBAPIError as exc:
             if is_unknown_database(db, exc):
-                may = "" if db.backend == "mysql" else " if the role may create databases"
-                report.line("WARN", "database", f"{db.describe()} does not exist yet", creates + may)
+                report.line(
+                    "WARN", "database", f"{db.describe()} does not exist yet", creates + backend.create_hint
+                )
             else:
                 report.line("FAIL", "database", str(explain_connect_error(settings.database, exc)),
                             "check MES_SQL_DSN, that the server runs, and the login")  # fmt: skip
@@ -58,9 +61,7 @@ def _doctor_database(report: _Report, settings: Any) -> Any:
     storage = Storage(settings.database)  # the constructor only: Storage.open would create and migrate
     engine = storage.engine
     with engine.connect() as conn:
-        version = conn.execute(
-            text("SELECT sqlite_version()" if engine.dialect.name == "sqlite" else "SELECT VERSION()")
-        ).scalar()
+        version = conn.execute(backend.version_query()).scalar()
     report.line("OK", "database", f"{db.describe()} ({engine.dialect.name} {version})")
     try:
         with engine.begin() as conn:

@@ -21,6 +21,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from mes.days import date_of_int
 from mes.log import get_logger
 from mes.metrics import PARTITIONS_CREATED
+from mes.storage.backends import backend_for
 from mes.storage.tables import (
     CHAT_BASE,
     ERROR_BASE,
@@ -40,15 +41,8 @@ log = get_logger("mes.storage")
 
 
 def exact_collation(engine: Engine) -> str | None:
-    """The byte-exact utf8mb4 collation of a MySQL-family server; None elsewhere."""
-    if engine.dialect.name not in ("mysql", "mariadb"):
-        return None
-    with engine.connect() as conn:
-        version = str(conn.exec_driver_sql("SELECT VERSION()").scalar())
-    if "mariadb" in version.lower():
-        return "utf8mb4_nopad_bin"
-    major = int(version.split(".")[0]) if version[:1].isdigit() else 0
-    return "utf8mb4_0900_bin" if major >= 8 else "utf8mb4_bin"
+    """The byte-exact collation of the ids' columns on this server; None where the default is."""
+    return backend_for(engine).exact_collation(engine)
 
 
 class Catalog:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, delete, select, update
 
 from mes.days import day_int
+from mes.storage.backends import backend_for
 
 if TYPE_CHECKING:
     from mes.storage import Storage
@@ -31,7 +32,7 @@ def delete_conversation(storage: Storage, user_id: int, conversation_id: str) ->
     engine = storage.engine.execution_options(mes_write=True)  # SQLite: BEGIN IMMEDIATE
     with engine.begin() as conn:
         query = select(conv_t.c.days, conv_t.c.first_at_ms, conv_t.c.first_model).where(*lock)
-        if storage.engine.dialect.name != "sqlite":
+        if backend_for(storage.engine).locks_rows:
             query = query.with_for_update()
         conv = conn.execute(query).first()
         if conv is None:

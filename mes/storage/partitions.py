@@ -24,11 +24,12 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Table, delete, func, insert, select, text, update
+from sqlalchemy import Table, delete, func, insert, select, update
 
 from mes.days import date_of_int, day_int
 from mes.errors import ConfigError
 from mes.log import get_logger
+from mes.storage.backends import backend_for
 from mes.storage.plan import conversation_title
 from mes.storage.tables import STAT_COUNTERS
 from mes.storage.transcript import GAP
@@ -81,28 +82,7 @@ def tables_of_day(storage: Storage, day: dt.date) -> dict[str, Table]:
 
 
 def _sizes(storage: Storage, names: list[str]) -> dict[str, int]:
-    engine = storage.engine
-    if not names:
-        return {}
-    with engine.connect() as conn:
-        if engine.dialect.name in ("mysql", "mariadb"):
-            rows = conn.execute(
-                text(
-                    "SELECT TABLE_NAME, DATA_LENGTH + INDEX_LENGTH FROM information_schema.TABLES "
-                    "WHERE TABLE_SCHEMA = DATABASE()"
-                )
-            )
-            return {r[0]: int(r[1] or 0) for r in rows if r[0] in names}
-        if engine.dialect.name == "postgresql":
-            out = {}
-            for name in names:
-                out[name] = int(
-                    conn.execute(
-                        text("SELECT pg_total_relation_size(CAST(:n AS regclass))"), {"n": name}
-                    ).scalar_one()
-                )
-            return out
-    return {}
+    return backend_for(storage.engine).table_sizes(storage.engine, names) if names else {}
 
 
 def list_partitions(storage: Storage) -> list[PartitionInfo]:
