@@ -26,6 +26,11 @@ from typing import Any
 
 from sqlalchemy import Engine, Table
 
+from mes.storage.backends import backend_for
+from mes.storage.backends.mysql import MYSQL
+from mes.storage.backends.postgresql import POSTGRESQL
+from mes.storage.backends.sqlite import SQLITE
+
 __all__ = ["Bulk", "ErrorKind", "bulk_for"]
 
 Row = Sequence[Any]
@@ -40,7 +45,6 @@ class ErrorKind:
 class Bulk:
     """Statements for one dialect. Subclasses override what differs."""
 
-    backend = ""
     param = "%s"
 
     def __init__(self, engine: Engine) -> None:
@@ -183,8 +187,6 @@ def _mysql_literal(value: Any, conn: Any) -> str:
 
 
 class MySQLBulk(Bulk):
-    backend = "mysql"
-
     def insert(self, cur: Any, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> None:
         """Multi-row INSERTs of up to ~1 MB each, rendered here (see the module docstring)."""
         if not rows:
@@ -295,8 +297,6 @@ _NULL = _Null()
 
 
 class PostgresBulk(Bulk):
-    backend = "postgresql"
-
     def claim(self, cur: Any, keys: Sequence[tuple[str, int]], *, wait: bool = False) -> set[tuple[str, int]]:
         # Transaction-level advisory locks: they go with the commit or the rollback.
         if not keys:
@@ -419,7 +419,6 @@ class PostgresBulk(Bulk):
 
 
 class SQLiteBulk(Bulk):
-    backend = "sqlite"
     param = "?"
 
     def begin(self, dbapi_conn: Any) -> None:
@@ -446,11 +445,6 @@ class SQLiteBulk(Bulk):
 
 
 def bulk_for(engine: Engine) -> Bulk:
-    name = engine.dialect.name
-    if name in ("mysql", "mariadb"):
-        return MySQLBulk(engine)
-    if name == "postgresql":
-        return PostgresBulk(engine)
-    if name == "sqlite":
-        return SQLiteBulk(engine)
-    raise ValueError(f"unsupported database dialect {name!r}")
+    """The bulk path of ``engine``'s backend."""
+    bulk = {MYSQL: MySQLBulk, POSTGRESQL: PostgresBulk, SQLITE: SQLiteBulk}[backend_for(engine)]
+    return bulk(engine)

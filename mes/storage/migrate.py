@@ -24,7 +24,6 @@ version scripts fit fixed tables, and most of MES's tables are made per day at r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateColumn, CreateTable
 
 from mes.log import get_logger
+from mes.storage.backends import backend_for
 from mes.storage.tables import CHAT_BASE, chat_table, conversations_table, mes_table, parse_day_suffix
 from mes.storage.transcript import GAP
 from mes.storage.turns import message_digest, stored_message
@@ -99,33 +99,9 @@ def _set_version(conn: Connection, schema: Table) -> None:
         conn.execute(schema.insert().values(name="mes", version=CURRENT))
 
 
-@contextlib.contextmanager
-def _locked(storage: Storage) -> Iterator[Connection]:
+def _locked(storage: Storage) -> contextlib.AbstractContextManager[Connection]:
     """A connection holding the migration lock (waits for another process's migration)."""
-    engine = storage.engine
-    backend = engine.dialect.name
-    if backend == "sqlite":
-        with engine.execution_options(mes_write=True).connect() as conn:  # BEGIN IMMEDIATE
-            conn.execute(text("SELECT 1"))
-            yield conn
-        return
-    with engine.connect() as conn:
-        if backend == "postgresql":
-            conn.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": _LOCK})
-        else:
-            got = conn.execute(text("SELECT GET_LOCK(:name, 3600)"), {"name": _LOCK}).scalar()
-            if got != 1:
-                raise RuntimeError("another MES process has held the migration lock for an hour")
-        conn.commit()
-        try:
-            yield conn
-        finally:
-            conn.rollback()
-            if backend == "postgresql":
-                conn.execute(text("SELECT pg_advisory_unlock(hashtext(:name))"), {"name": _LOCK})
-            else:
-                conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": _LOCK})
-            conn.commit()
+    return backend_for(storage.engine).lock(storage.engine, _LOCK)
 
 
 # -- step 2: transcripts -----------------------------------------------------------------

@@ -35,7 +35,6 @@ from sqlalchemy import (
     Column,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -43,8 +42,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.dialects import mysql
 from sqlalchemy.schema import SchemaItem
+
+from mes.storage.backends.types import AutoId, LongBlob, LongText, exact_string
 
 __all__ = [
     "CHAT_BASE",
@@ -60,24 +60,9 @@ CHAT_BASE = "conversation_histories"
 ERROR_BASE = "error_conversation_histories"
 LEDGER_BASE = "mes_event_ledger"
 
-# MySQL's TEXT stops at 64 KB; LONGTEXT holds 4 GB (the packet size is the real limit).
-LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
-LongBlob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 # 191 characters of utf8mb4 fit the classic 767-byte index prefix, so the keys work on
 # old MySQL row formats too.
 ID_LEN = 191
-
-
-def exact_string(length: int, collation: str | None) -> String:
-    """A VARCHAR that compares byte for byte. MySQL's default collations are case- and
-    trailing-space-insensitive, so 'Conv1', 'conv1' and 'conv1 ' would be one key there
-    and three on PostgreSQL and SQLite. ``collation`` is the server's exact one
-    (``Catalog`` picks it: utf8mb4_nopad_bin on MariaDB, utf8mb4_0900_bin on MySQL 8)."""
-    if collation is None:
-        return String(length)
-    return String(length).with_variant(
-        mysql.VARCHAR(length, charset="utf8mb4", collation=collation), "mysql", "mariadb"
-    )
 
 
 def mes_table(name: str, metadata: MetaData, *items: SchemaItem) -> Table:
@@ -115,7 +100,7 @@ def parse_day_suffix(name: str, base: str) -> dt.date | None:
 
 def _history_columns() -> list[Column[Any]]:
     return [
-        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("id", AutoId, primary_key=True, autoincrement=True),
         Column("user_id", Integer, nullable=False),
         Column("created_at", BigInteger, nullable=False),
     ]
@@ -265,7 +250,7 @@ def dead_letters_table(metadata: MetaData, ids: str | None = None) -> Table:
     return mes_table(
         "mes_dead_letters",
         metadata,
-        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("id", AutoId, primary_key=True, autoincrement=True),
         Column("created_at", BigInteger, nullable=False),
         # blake2b of the payload: the same bad event dead-lettered twice (a retried job, a
         # re-sent spool) is kept once. Replay deletes the row, so a new failure is recorded anew.

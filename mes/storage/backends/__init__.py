@@ -1,10 +1,11 @@
 """Everything a database dialect knows, behind one small interface (``base.Backend``):
 its URL and connect arguments, engine options, how to create the database, which error
-says it is missing, how large an event it takes, its exact collation, table sizes.
+says it is missing, how large an event it takes, its exact collation, table sizes, a
+server-wide lock; ``types`` holds the column types that differ by dialect.
 
-``backend_of(db)`` and ``backend_for(engine)`` pick one by name; no other module of MES
-compares a dialect's name (the bulk paths, migrations and column types still do, in
-``bulk``, ``migrate`` and ``tables``: moving them here is the next step).
+``backend_of(db)`` and ``backend_for(engine)`` pick one by name; no other module of the
+storage layer compares a dialect's name (``bulk`` keys its statement classes by these
+objects). Outside it, ``mes.config.dsn`` still knows which DSN schemes name which backend.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import URL, Engine
+from sqlalchemy import URL, Connection, Engine, text
 
 if TYPE_CHECKING:
     from sqlalchemy.exc import DBAPIError
@@ -86,6 +88,23 @@ class Backend:
         return {}
 
     def version_query(self) -> TextClause:
-        from sqlalchemy import text
-
         return text(self.version_sql)
+
+    @contextlib.contextmanager
+    def lock(self, engine: Engine, name: str) -> Iterator[Connection]:
+        """A connection holding the server-wide lock ``name`` (waits for its holder)."""
+        with engine.connect() as conn:
+            self._acquire(conn, name)
+            conn.commit()
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+                self._release(conn, name)
+                conn.commit()
+
+    def _acquire(self, conn: Connection, name: str) -> None:
+        raise NotImplementedError
+
+    def _release(self, conn: Connection, name: str) -> None:
+        raise NotImplementedError

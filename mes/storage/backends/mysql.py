@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
@@ -106,6 +106,13 @@ class MySQL(Backend):
             return "utf8mb4_nopad_bin"
         major = int(version.split(".")[0]) if version[:1].isdigit() else 0
         return "utf8mb4_0900_bin" if major >= 8 else "utf8mb4_bin"
+
+    def _acquire(self, conn: Connection, name: str) -> None:
+        if conn.execute(text("SELECT GET_LOCK(:name, 3600)"), {"name": name}).scalar() != 1:
+            raise RuntimeError(f"another MES process has held the lock {name!r} for an hour")
+
+    def _release(self, conn: Connection, name: str) -> None:
+        conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
 
     def table_sizes(self, engine: Engine, names: list[str]) -> dict[str, int]:
         with engine.connect() as conn:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
@@ -67,6 +67,12 @@ class PostgreSQL(Backend):
             f"{var}: database {db.database!r} does not exist and role {db.user!r} may not create it; "
             f"run as a superuser: createdb -h {db.host or 'localhost'} -O {db.user or 'postgres'} {db.database}"
         ) from last
+
+    def _acquire(self, conn: Connection, name: str) -> None:
+        conn.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": name})
+
+    def _release(self, conn: Connection, name: str) -> None:
+        conn.execute(text("SELECT pg_advisory_unlock(hashtext(:name))"), {"name": name})
 
     def table_sizes(self, engine: Engine, names: list[str]) -> dict[str, int]:
         size = text("SELECT pg_total_relation_size(CAST(:n AS regclass))")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event, text
 
 from mes.storage.backends.base import Backend
 
@@ -57,6 +59,13 @@ class SQLite(Backend):
             conn.exec_driver_sql(
                 "BEGIN IMMEDIATE" if conn.get_execution_options().get("mes_write") else "BEGIN"
             )
+
+    @contextlib.contextmanager
+    def lock(self, engine: Engine, name: str) -> Iterator[Connection]:
+        """SQLite has one writer: a write transaction (BEGIN IMMEDIATE) is the lock."""
+        with engine.execution_options(mes_write=True).connect() as conn:
+            conn.execute(text("SELECT 1"))
+            yield conn
 
     def create_database(self, settings: DatabaseSettings) -> None:
         self.prepare(settings.db)  # the file is created by the first connection
