@@ -105,3 +105,39 @@ def test_pyproject_lists_every_package_of_the_tree():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {m for m, p in _modules().items() if p.name == "__init__.py"}
     assert listed == packages, (packages - listed, listed - packages)
+
+
+DIALECTS = {"mysql", "mariadb", "postgresql", "postgres", "sqlite"}
+
+
+def _names_a_dialect(node: ast.AST) -> bool:
+    """A comparison with a dialect's name (``x == "mysql"``, ``x in ("mysql", ...)``) or a
+    SQLAlchemy type variant for one (``.with_variant(t, "sqlite")``)."""
+
+    def constants(n: ast.AST) -> set[object]:
+        if isinstance(n, ast.Constant):
+            return {n.value}
+        if isinstance(n, ast.Tuple | ast.List | ast.Set):
+            return {e.value for e in n.elts if isinstance(e, ast.Constant)}
+        return set()
+
+    if isinstance(node, ast.Compare):
+        return any(constants(n) & DIALECTS for n in [node.left, *node.comparators])
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "with_variant"
+    ):
+        return any(constants(a) & DIALECTS for a in node.args)
+    return False
+
+
+def test_no_dialect_name_is_compared_outside_the_backends():
+    found = []
+    for module, path in _modules().items():
+        if module.startswith("mes.storage.backends"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if _names_a_dialect(node):
+                found.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}")
+    assert not found, "\n".join(found)

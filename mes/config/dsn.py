@@ -73,6 +73,21 @@ _IGNORED_GO_PARAMS = frozenset(
 
 
 @dataclasses.dataclass(frozen=True)
+class _Kind:
+    """What a DSN's syntax says of its backend (the rest is ``mes.storage.backends``')."""
+
+    backend: str  # DatabaseConfig.backend
+    file: bool = False  # a path, no server, no credentials
+    default_port: int = 0
+
+
+_MYSQL = _Kind("mysql", default_port=3306)
+_POSTGRESQL = _Kind("postgresql", default_port=5432)
+_SQLITE = _Kind("sqlite", file=True)
+_KINDS = {k.backend: k for k in (_MYSQL, _POSTGRESQL, _SQLITE)}
+
+
+@dataclasses.dataclass(frozen=True)
 class DatabaseConfig:
     """Where a database lives. ``backend`` is ``mysql``, ``postgresql`` or ``sqlite``."""
 
@@ -90,8 +105,8 @@ class DatabaseConfig:
 
     def describe(self) -> str:
         """A one-line description safe to print: no password."""
-        if self.backend == "sqlite":
-            return f"sqlite:{self.database}"
+        if _KINDS[self.backend].file:
+            return f"{self.backend}:{self.database}"
         where = self.unix_socket or f"{self.host}:{self.port}"
         user = f"{self.user}@" if self.user else ""
         return f"{self.backend}://{user}{where}/{self.database}"
@@ -107,7 +122,7 @@ def parse_dsn(value: str, *, variable: str, data_dir: str) -> DatabaseConfig:
     if not text:
         raise ConfigError(f"{variable} is empty")
     if text == "local":
-        return DatabaseConfig(backend="sqlite", database=os.path.join(data_dir, "mes.db"))
+        return DatabaseConfig(backend=_SQLITE.backend, database=os.path.join(data_dir, "mes.db"))
     if _URL.match(text):
         return _parse_url(text, variable=variable, data_dir=data_dir)
     return _parse_go_mysql(text, variable=variable)
@@ -164,7 +179,7 @@ def _parse_go_mysql(dsn: str, *, variable: str) -> DatabaseConfig:
         )
     options, ignored = _map_go_params(query, variable=variable)
     return DatabaseConfig(
-        backend="mysql",
+        backend=_MYSQL.backend,
         database=database,
         user=user or None,
         password=password,
@@ -240,27 +255,27 @@ def _go_duration(value: str, *, key: str, variable: str) -> int:
 
 
 _URL_BACKENDS = {
-    "mysql": "mysql",
-    "mariadb": "mysql",
-    "mysql+pymysql": "mysql",
-    "mariadb+pymysql": "mysql",
-    "postgres": "postgresql",
-    "postgresql": "postgresql",
-    "postgresql+psycopg2": "postgresql",
-    "sqlite": "sqlite",
-    "sqlite+pysqlite": "sqlite",
+    "mysql": _MYSQL,
+    "mariadb": _MYSQL,
+    "mysql+pymysql": _MYSQL,
+    "mariadb+pymysql": _MYSQL,
+    "postgres": _POSTGRESQL,
+    "postgresql": _POSTGRESQL,
+    "postgresql+psycopg2": _POSTGRESQL,
+    "sqlite": _SQLITE,
+    "sqlite+pysqlite": _SQLITE,
 }
 
 
 def _parse_url(url: str, *, variable: str, data_dir: str) -> DatabaseConfig:
     scheme, _, rest = url.partition("://")
-    backend = _URL_BACKENDS.get(scheme.lower())
-    if backend is None:
+    kind = _URL_BACKENDS.get(scheme.lower())
+    if kind is None:
         known = ", ".join(sorted({s.split("+")[0] for s in _URL_BACKENDS}))
         # Safe to quote: the value starts with it (see _URL), and a password only ever
         # follows a ':', which a scheme cannot hold.
         raise ConfigError(f"{variable}: scheme '{scheme}' is not supported (use one of {known})")
-    if backend == "sqlite":
+    if kind.file:
         if rest and not rest.startswith("/"):  # sqlite://host/...: SQLite has no host or credentials
             raise ConfigError(
                 f"{variable}: SQLite needs a file path and no host: sqlite:///relative.db or sqlite:////abs/mes.db"
@@ -271,7 +286,7 @@ def _parse_url(url: str, *, variable: str, data_dir: str) -> DatabaseConfig:
                 f"{variable}: SQLite needs a file path (sqlite:///path/to/mes.db); ':memory:' is per connection"
             )
         return DatabaseConfig(
-            backend="sqlite", database=path if os.path.isabs(path) else os.path.join(data_dir, path)
+            backend=kind.backend, database=path if os.path.isabs(path) else os.path.join(data_dir, path)
         )
     # The netloc may hold a password with '@', '/' or '?': split on the last '@' before the path.
     path_start = _path_start(rest)
@@ -293,15 +308,14 @@ def _parse_url(url: str, *, variable: str, data_dir: str) -> DatabaseConfig:
     sock = query.pop("unix_socket", None)
     if not hostport and query.get("host", "").startswith("/"):
         sock = query.pop("host")
-    default_port = 3306 if backend == "mysql" else 5432
     if sock and not hostport:
         host, port = None, None
     else:
-        host, port = _split_host_port(hostport, default_port=default_port, variable=variable)
+        host, port = _split_host_port(hostport, default_port=kind.default_port, variable=variable)
     if not database:
         raise ConfigError(f"{variable}: no database name in the URL path")
     return DatabaseConfig(
-        backend=backend,
+        backend=kind.backend,
         database=database,
         user=unquote(user) or None,
         password=unquote(password) if password else query_password or None,
