@@ -8,6 +8,7 @@ import ast
 import configparser
 import pathlib
 import re
+from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # the folders of the package, and the package each installs as (pyproject.toml)
@@ -85,26 +86,21 @@ def _reads_a_variable(node: ast.AST) -> str | None:
     return None
 
 
-def test_every_environment_variable_is_read_in_the_settings_module():
-    found = []
+def _found_outside(package: str, found: Callable[[ast.AST], object]) -> list[str]:
+    """``file:line: what`` of each node of a module outside ``package`` that ``found`` names."""
+    out = []
     for module, path in _modules().items():
-        if module.startswith("mes.config"):
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            name = _reads_a_variable(node)
-            if name:
-                found.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}: {name}")
+        if not module.startswith(package):
+            for node in ast.walk(ast.parse(path.read_text())):
+                what = found(node)
+                if what:
+                    out.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}: {what}")
+    return out
+
+
+def test_every_environment_variable_is_read_in_the_settings_module():
+    found = _found_outside("mes.config", _reads_a_variable)
     assert not found, "\n".join(found)
-
-
-def test_pyproject_lists_every_package_of_the_tree():
-    """setuptools installs only the packages pyproject.toml names: a new folder left out
-    would be missing from the wheel (and from `mes`)."""
-    import tomllib
-
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    packages = {m for m, p in _modules().items() if p.name == "__init__.py"}
-    assert listed == packages, (packages - listed, listed - packages)
 
 
 DIALECTS = {"mysql", "mariadb", "postgresql", "postgres", "sqlite"}
@@ -133,11 +129,15 @@ def _names_a_dialect(node: ast.AST) -> bool:
 
 
 def test_no_dialect_name_is_compared_outside_the_backends():
-    found = []
-    for module, path in _modules().items():
-        if module.startswith("mes.storage.backends"):
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if _names_a_dialect(node):
-                found.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}")
+    found = _found_outside("mes.storage.backends", _names_a_dialect)
     assert not found, "\n".join(found)
+
+
+def test_pyproject_lists_every_package_of_the_tree():
+    """setuptools installs only the packages pyproject.toml names: a new folder left out
+    would be missing from the wheel (and from `mes`)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {m for m, p in _modules().items() if p.name == "__init__.py"}
+    assert listed == packages, (packages - listed, listed - packages)
