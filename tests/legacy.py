@@ -27,7 +27,11 @@ def checkout(commit: str, into: pathlib.Path) -> pathlib.Path:
     pyproject = subprocess.run(
         ["git", "-C", str(_ROOT), "show", f"{commit}:pyproject.toml"], check=True, capture_output=True
     ).stdout
-    mapping: dict[str, str] = tomllib.loads(pyproject.decode())["tool"]["setuptools"]["package-dir"]
+    # the folder mes/ is the package mes unless the commit maps it elsewhere
+    mapping: dict[str, str] = {
+        "mes": "mes",
+        **tomllib.loads(pyproject.decode())["tool"]["setuptools"]["package-dir"],
+    }
     archive = subprocess.run(
         ["git", "-C", str(_ROOT), "archive", "--format=tar", commit, *sorted(set(mapping.values()))],
         check=True, capture_output=True,
