@@ -193,7 +193,7 @@ class Spool:
         for entry in entries:
             name, path = entry.name, entry.path
             if _TMP.fullmatch(name):
-                continue  # being written (or a crash's leftover, for cleanup_stale_tmp)
+                continue  # being written (or a crash's half-written leftover: never sent)
             if _OVERFLOW_OPEN.fullmatch(name):
                 if path == self._overflow_path:
                     continue
@@ -229,16 +229,6 @@ class Spool:
             self._reported.clear()
         self._reported.add(key)
         log.warning("spool_file_skipped", file=name, reason=reason, directory=self.directory)
-
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.ready_files()) + self._open_overflow_size()
-
-    def _open_overflow_size(self) -> int:
-        if self._overflow_path is None:
-            return 0
-        with contextlib.suppress(OSError):
-            return os.stat(self._overflow_path).st_size
-        return 0
 
     def resend(
         self,
@@ -323,17 +313,6 @@ class Spool:
                 line = line.rstrip(b"\n")
                 if line:
                     yield line
-
-    def cleanup_stale_tmp(self, older_than_s: float = 600) -> None:
-        """Remove half-written ``.tmp`` files of processes that are gone."""
-        now = time.time()
-        for name in os.listdir(self.directory) if os.path.isdir(self.directory) else ():
-            if _TMP.fullmatch(name):
-                path = os.path.join(self.directory, name)
-                pid = _pid_of(name)
-                with contextlib.suppress(OSError):
-                    if (pid is None or not _pid_alive(pid)) and now - os.lstat(path).st_mtime > older_than_s:
-                        os.unlink(path)
 
 
 def _foreign(st: os.stat_result, trusted: frozenset[int]) -> str | None:

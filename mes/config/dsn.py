@@ -49,27 +49,6 @@ _PORT = re.compile(r"[0-9]{1,5}")  # ASCII only: str.isdigit() accepts '²', whi
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _PERCENT_AT = "percent-encode an '@' in a password as %40"
 _DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_IGNORED_GO_PARAMS = frozenset(
-    {
-        "parseTime",
-        "loc",
-        "allowNativePasswords",
-        "allowOldPasswords",
-        "allowCleartextPasswords",
-        "allowAllFiles",
-        "checkConnLiveness",
-        "clientFoundRows",
-        "columnsWithAlias",
-        "interpolateParams",
-        "maxAllowedPacket",
-        "multiStatements",
-        "rejectReadOnly",
-        "serverPubKey",
-        "time_zone",
-        "collation",
-        "charset",
-    }
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,9 +217,7 @@ def _map_go_params(query: str, *, variable: str) -> tuple[tuple[tuple[str, str],
                 options.append(("ssl_mode", val))
             elif val != "false":
                 ignored.append(key)
-        elif key in _IGNORED_GO_PARAMS:
-            ignored.append(key)
-        else:
+        else:  # parseTime, loc, collation, charset (always utf8mb4), session variables, ...
             ignored.append(key)
     return tuple(options), tuple(ignored)
 

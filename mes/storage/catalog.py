@@ -60,7 +60,6 @@ class Catalog:
         self._days: dict[dt.date | None, DayTables] = {}
         self._known: set[str] = set()
         self._lock = threading.Lock()
-        self.created_count = 0  # tables this process created (a metric)
 
     # -- lookups -------------------------------------------------------------------
     def day_tables(self, day: dt.date | None) -> DayTables:
@@ -152,7 +151,6 @@ class Catalog:
             except DBAPIError as exc:  # another process made the same index first
                 if "exist" not in str(exc.orig).lower() and "duplicate" not in str(exc.orig).lower():
                     raise
-        self.created_count += 1
         PARTITIONS_CREATED.inc()
         log.info("table_created", table=name)
 
