@@ -32,7 +32,9 @@ def promote_due_retries(redis: Any, queue: Any, lock_key: str) -> int:
     with redis.pipeline() as pipe:
         for job in jobs:
             if job is not None:
-                queue._enqueue_job(job, pipeline=pipe, at_front=job.should_enqueue_at_front())
+                # RQ's public enqueue_job (its own scheduler calls the private _enqueue_job,
+                # which this reaches for a job without dependencies, as MES's are)
+                queue.enqueue_job(job, pipeline=pipe, at_front=job.should_enqueue_at_front())
         for job_id in job_ids:
             registry.remove(job_id, pipeline=pipe)
         pipe.execute()

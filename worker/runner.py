@@ -38,6 +38,12 @@ log = get_logger("mes.worker")
 
 HEARTBEAT_EVERY = 5.0
 RETRY_PROMOTION_EVERY = 1.0
+# The one place MES reaches into RQ past its public API: MESWorker overrides
+# BaseWorker.dequeue_job_and_maintain_ttl (RQ has no hook for work between waits) and
+# reads what that method reads (_ordered_queues, reorder_queues, queue_class.dequeue_any).
+# Read against this RQ release; tests/test_rq_contract.py fails on any other, and when
+# the method's signature, its call in BaseWorker.work or those attributes change.
+RQ_CHECKED = "2.12.0"
 
 
 class MESWorker(SimpleWorker):
@@ -123,7 +129,7 @@ class MESWorker(SimpleWorker):
             log.info("retention_applied", retention_days=days, days=[d.isoformat() for d in dropped])
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
-        """RQ's wait for a job, with staging cut between short waits.
+        """RQ's wait for a job, with staging cut between short waits (see ``RQ_CHECKED``).
 
         ``timeout=None`` is burst mode: cut everything staged, then return None when no
         job is left.
