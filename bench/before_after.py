@@ -21,9 +21,9 @@ writer is compared with.
 With ``--pipeline`` each run is instead one side's own ``bench/pipeline.py``
 ``end_to_end``: a producer records the events into a ``redis-server`` of the run's own and
 ``--processes`` ``mes worker`` processes write them, the clock running from the first
-record to the last committed event. The run's process and the workers it starts get the
-side's package by ``PYTHONPATH`` (and a working folder without a ``mes`` of its own), so
-the workers are the side's workers. Prints the median events per second of each side,
+record to the last committed event. In either mode a run's process, and the workers it
+starts, get the side's package by ``PYTHONPATH`` (from a working folder without a ``mes``
+of its own, this checkout off the path), so the producer and the workers are the side's. Prints the median events per second of each side,
 the ratio, and the workers' CPU per event (µs, medians): what a slower side spends.
 """
 
@@ -54,24 +54,33 @@ def _configure_logging() -> Any:
     return configure_logging
 
 
-def one(site: str, bench: str, backend: str, events_file: str, batch: int, phases: bool, db: str) -> None:
-    """One side, one run (a subprocess): prints its figures as JSON."""
-    if site:
-        sys.path.insert(0, site)
-    sys.path.insert(0, bench)
+def _enter_side(bench: str, events_file: str) -> list[Any]:
+    """In a side's subprocess, whose ``PYTHONPATH`` holds the side's package: this
+    checkout's folder off the path (its ``mes/`` would shadow that package), the side's
+    ``bench/`` on it, logging quiet; returns the events."""
     import logging
 
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != ROOT]
+    sys.path.insert(0, bench)
+    _configure_logging()(level=logging.ERROR)
+    with open(events_file, "rb") as f:
+        events: list[Any] = orjson.loads(f.read())
+    return events
+
+
+def _target(writer: Any, backend: str, db: str, folder: str) -> Any:
+    return writer.Target(
+        backend, f"root:@tcp(127.0.0.1:3306)/{db}", f"postgres://postgres@127.0.0.1:5432/{db}", folder
+    )
+
+
+def one(bench: str, backend: str, events_file: str, batch: int, phases: bool, db: str) -> None:
+    """One side, one writer run: prints its figures as JSON."""
+    events = _enter_side(bench, events_file)
     import writer  # this side's bench/writer.py
 
-    configure_logging = _configure_logging()
-
-    configure_logging(level=logging.ERROR)
-    with open(events_file, "rb") as f:
-        events = orjson.loads(f.read())
     with tempfile.TemporaryDirectory() as folder:
-        target = writer.Target(
-            backend, f"root:@tcp(127.0.0.1:3306)/{db}", f"postgres://postgres@127.0.0.1:5432/{db}", folder
-        )
+        target = _target(writer, backend, db, folder)
         try:
             if phases:
                 seconds, spent = writer.run_phases(target, events, batch)
@@ -88,27 +97,14 @@ def one(site: str, bench: str, backend: str, events_file: str, batch: int, phase
 def one_pipeline(
     bench: str, backend: str, events_file: str, warm: int, processes: int, batch: int, db: str
 ) -> None:
-    """One side, one end-to-end run (a subprocess whose ``PYTHONPATH`` holds the side's package).
-
-    This checkout's folder leaves the path: its ``mes/`` would shadow the side's package
-    in this process (the producer, the ledger polls) though not in the workers."""
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != ROOT]
-    sys.path.insert(0, bench)
-    import logging
-
+    """One side, one end-to-end run; the workers it starts inherit its ``PYTHONPATH``."""
+    events = _enter_side(bench, events_file)
     import pipeline  # this side's bench/pipeline.py
     import writer
 
-    configure_logging = _configure_logging()
-
-    configure_logging(level=logging.ERROR)
-    with open(events_file, "rb") as f:
-        events = orjson.loads(f.read())
     folder = tempfile.mkdtemp(prefix="mes-bench-ba-")
     redis = pipeline.Redis(folder)
-    target = writer.Target(
-        backend, f"root:@tcp(127.0.0.1:3306)/{db}", f"postgres://postgres@127.0.0.1:5432/{db}", folder
-    )
+    target = _target(writer, backend, db, folder)
     try:
         seconds, spent = pipeline.end_to_end(
             target, redis, writer.make_events(warm, seed=8), events, processes, folder, batch
@@ -137,32 +133,18 @@ def checkout(commit: str, into: str) -> tuple[str, str]:
     return str(site), os.path.join(into, "old", "bench")
 
 
-def run_side(
-    side: tuple[str, str], backend: str, events_file: str, args: argparse.Namespace, phases: bool
-) -> Any:
+def run_side(side: tuple[str, str], mode: str, backend: str, *rest: object) -> Any:
+    """One run of ``mode`` (``_one``, ``_pipeline``) in a subprocess on ``side``'s package
+    (``PYTHONPATH``; none: this checkout's install), from a folder with no ``mes/``."""
     site, bench = side
-    db = f"mes_bench_ba_{os.getpid()}"
-    done = subprocess.run(
-        [sys.executable, __file__, "_one", site, bench, backend, events_file, str(args.batch), str(int(phases)), db],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise SystemExit(f"{backend}: a run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def run_pipeline_side(side: tuple[str, str], backend: str, events_file: str, args: argparse.Namespace) -> Any:
-    site, bench = side
-    db = f"mes_bench_ba_{os.getpid()}"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if site:
         env["PYTHONPATH"] = site
-    with tempfile.TemporaryDirectory() as cwd:  # no mes/ of this checkout on the workers' path
+    argv = [sys.executable, os.path.abspath(__file__), mode, bench, backend, *map(str, rest)]
+    with tempfile.TemporaryDirectory() as cwd:
         done = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "_pipeline", bench, backend, events_file,
-             str(args.warm), str(args.processes), str(args.batch), db],
-            capture_output=True, text=True, cwd=cwd, env=env,
-        )  # fmt: skip
+            [*argv, f"mes_bench_ba_{os.getpid()}"], capture_output=True, text=True, cwd=cwd, env=env
+        )
     if done.returncode != 0:
         raise SystemExit(f"{backend}: a run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -181,7 +163,9 @@ def pipeline_pairs(
     for n in range(args.pairs):
         order = [("before", before), ("after", after)]
         for name, side in order if n % 2 == 0 else order[::-1]:
-            runs[name].append(run_pipeline_side(side, backend, events_file, args))
+            runs[name].append(
+                run_side(side, "_pipeline", backend, events_file, args.warm, args.processes, args.batch)
+            )
     rate = {k: args.events / statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
     cpu = {
         k: statistics.median(r["spent"]["workers"] for r in v) / args.events * 1e6 for k, v in runs.items()
@@ -196,8 +180,8 @@ def pipeline_pairs(
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_one":
-        site, bench, backend, events_file, batch, phases, db = argv[1:8]
-        one(site, bench, backend, events_file, int(batch), phases == "1", db)
+        bench, backend, events_file, batch, phases, db = argv[1:7]
+        one(bench, backend, events_file, int(batch), phases == "1", db)
         return 0
     if argv and argv[0] == "_pipeline":
         bench, backend, events_file, warm, processes, batch, db = argv[1:8]
@@ -251,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in range(args.pairs):
                 order = [("before", before), ("after", after)]
                 for name, side in order if n % 2 == 0 else order[::-1]:
-                    times[name].append(run_side(side, backend, events_file, args, False)["seconds"])
+                    times[name].append(run_side(side, "_one", backend, events_file, args.batch, 0)["seconds"])
             rate = {k: args.events / statistics.median(v) for k, v in times.items()}
             print(f"{backend:10s}  before {rate['before']:8,.0f} events/s   after {rate['after']:8,.0f} events/s   "
                   f"after ÷ before {rate['after'] / rate['before']:.2f}   "
@@ -259,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"after {' '.join(f'{t:.2f}' for t in times['after'])})")  # fmt: skip
             if args.phases:
                 for name, side in (("before", before), ("after", after)):
-                    r = run_side(side, backend, events_file, args, True)
+                    r = run_side(side, "_one", backend, events_file, args.batch, 1)
                     plan, statements = planning_share(r["spent"], r["seconds"])
                     print(f"{'':10s}  {name}: planning {plan:.0%} of the writer's time, statements and reads "
                           f"{statements:.0%} ({r['seconds']:.2f} s instrumented)")  # fmt: skip

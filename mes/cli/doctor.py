@@ -33,7 +33,7 @@ def _doctor_database(report: _Report, settings: Any) -> Any:
 
     from mes.storage import Storage
     from mes.storage.backends import backend_of
-    from mes.storage.engine import connect_args, explain_connect_error, is_unknown_database, sqlalchemy_url
+    from mes.storage.engine import explain_connect_error, sqlalchemy_url
 
     db = settings.database.db
     backend = backend_of(db)
@@ -43,12 +43,12 @@ def _doctor_database(report: _Report, settings: Any) -> Any:
             report.line("WARN", "database", f"{db.describe()} does not exist yet", creates)
             return None
     else:
-        probe = create_engine(sqlalchemy_url(db), connect_args=connect_args(db), poolclass=NullPool)
+        probe = create_engine(sqlalchemy_url(db), connect_args=backend.connect_args(db), poolclass=NullPool)
         try:
             with probe.connect():
                 pass
         except DBAPIError as exc:
-            if is_unknown_database(db, exc):
+            if backend.is_unknown_database(exc):
                 report.line(
                     "WARN", "database", f"{db.describe()} does not exist yet", creates + backend.create_hint
                 )

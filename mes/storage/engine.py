@@ -28,11 +28,9 @@ from mes.storage.backends import backend_for, backend_of
 
 __all__ = [
     "bootstrap_database",
-    "connect_args",
     "create_engine_for",
     "event_limit",
     "explain_connect_error",
-    "is_unknown_database",
     "sqlalchemy_url",
 ]
 
@@ -42,10 +40,6 @@ log = get_logger("mes.storage")
 def sqlalchemy_url(db: DatabaseConfig, *, database: str | None = "__same__") -> URL:
     """The SQLAlchemy URL of ``db``; ``database=None`` gives the server without a database."""
     return backend_of(db).url(db, database=database)
-
-
-def connect_args(db: DatabaseConfig) -> dict[str, Any]:
-    return backend_of(db).connect_args(db)
 
 
 def create_engine_for(settings: DatabaseSettings, *, echo: bool = False) -> Engine:
@@ -91,20 +85,16 @@ def bootstrap_database(settings: DatabaseSettings) -> None:
     if not backend.is_server:
         backend.create_database(settings)
         return
-    engine = create_engine(sqlalchemy_url(db), connect_args=connect_args(db), poolclass=NullPool)
+    engine = create_engine(sqlalchemy_url(db), connect_args=backend.connect_args(db), poolclass=NullPool)
     try:
         with engine.connect():
             return
     except OperationalError as exc:
-        if not is_unknown_database(db, exc):
+        if not backend.is_unknown_database(exc):
             raise explain_connect_error(settings, exc) from None
     finally:
         engine.dispose()
     backend.create_database(settings)
-
-
-def is_unknown_database(db: DatabaseConfig, exc: DBAPIError) -> bool:
-    return backend_of(db).is_unknown_database(exc)
 
 
 def explain_connect_error(settings: DatabaseSettings, exc: DBAPIError) -> Exception:
