@@ -95,7 +95,7 @@ def test_a_gap_inserted_into_again_and_again_keeps_its_order():
 
 @given(st.text(alphabet=st.sampled_from("ab \n\t\u3000你"), max_size=1200))
 def test_a_title_is_the_first_user_text_normalised_however_long(text):
-    from mes.storage.plan import TITLE_LEN, conversation_title
+    from mes.storage.rollup import TITLE_LEN, conversation_title
 
     assert (
         conversation_title([{"role": "system", "content": "x"}, {"role": "user", "content": text}])

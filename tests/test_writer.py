@@ -410,7 +410,7 @@ def test_an_upsert_in_a_rolled_back_transaction_leaves_the_next_one_working(back
     must not count on it afterwards."""
     storage = backend.storage()
     bulk, stats = storage.writer.bulk, storage.catalog.daily_stats
-    from mes.storage.plan import STATS_COLUMNS
+    from mes.storage.rows import STATS_COLUMNS
 
     rows = [(user, 20260115, "gpt-4o", 1, 0, 1, 0, 1, 1, 2) for user in range(1, 41)]
     conn = storage.engine.raw_connection()
@@ -494,3 +494,17 @@ def test_cyclic_gc_is_paused_during_a_write_and_back_after_it_even_on_failure(tm
         assert gc.isenabled()
     finally:
         b.close()
+
+
+def test_a_row_class_that_differs_from_its_table_stops_mes(monkeypatch):
+    """rows.check_rows (run at import) compares each row class with its table: a field
+    missing from ChatRow (a column added to the table alone) is an error, not a shifted row."""
+    from typing import NamedTuple
+
+    from mes.storage import rows
+
+    rows.check_rows()  # today's classes match
+    short = NamedTuple("ChatRow", [(name, object) for name in rows.CHAT_COLUMNS[:-1]])
+    monkeypatch.setattr(rows, "ChatRow", short)
+    with pytest.raises(TypeError, match="ChatRow has fields"):
+        rows.check_rows()

@@ -8,13 +8,13 @@ row. The event ledger is kept: replaying an old job cannot bring the conversatio
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import delete, select
 
 from mes.days import day_int
 from mes.storage.backends import backend_for
+from mes.storage.rollup import Tally, apply_rollup
 
 if TYPE_CHECKING:
     from mes.storage import Storage
@@ -27,7 +27,7 @@ def delete_conversation(storage: Storage, user_id: int, conversation_id: str) ->
     the index and the rollups, in one transaction. False if ``user_id`` has no such
     conversation (another user's looks exactly like none). Repeating it is harmless."""
     catalog, calendar = storage.catalog, storage.calendar
-    conv_t, stats_t = catalog.conversations, catalog.daily_stats
+    conv_t = catalog.conversations
     lock = conv_t.c.conversation_id == conversation_id, conv_t.c.user_id == user_id
     engine = storage.engine.execution_options(mes_write=True)  # SQLite: BEGIN IMMEDIATE
     with engine.begin() as conn:
@@ -38,9 +38,8 @@ def delete_conversation(storage: Storage, user_id: int, conversation_id: str) ->
         if conv is None:
             return False
         days = [int(d) for d in conv.days.split(",") if d]
-        deltas: dict[tuple[int, str], dict[str, Any]] = defaultdict(
-            lambda: {"messages": 0, "requests": set(), "errors": set(), "p": 0, "c": 0, "t": 0}
-        )
+        gone = Tally(calendar)  # what the rows contributed
+        gone.rollup.conversation(user_id, day_int(calendar.day_of(conv.first_at_ms)), conv.first_model)
         for table in catalog.history_tables(days, "chat"):
             c = table.c
             mine = (c.conversation_id == conversation_id, c.user_id == user_id)
@@ -53,12 +52,7 @@ def delete_conversation(storage: Storage, user_id: int, conversation_id: str) ->
                 c.total_tokens,
             )
             for model, ms, eid, p, comp, t in conn.execute(select(*cols).where(*mine)):
-                d = deltas[(day_int(calendar.day_of(ms)), model)]
-                d["messages"] += 1
-                d["requests"].add(eid)
-                d["p"] += p
-                d["c"] += comp
-                d["t"] += t
+                gone.chat(user_id, model, ms, eid, (p, comp, t))
             conn.execute(delete(table).where(*mine))
         for table in catalog.history_tables(days, "error"):
             c = table.c
@@ -66,29 +60,8 @@ def delete_conversation(storage: Storage, user_id: int, conversation_id: str) ->
             for model, ms, eid in conn.execute(
                 select(c.model_name, c.created_at_ms, c.event_id).where(*mine)
             ):
-                deltas[(day_int(calendar.day_of(ms)), model)]["errors"].add(eid)
+                gone.error(user_id, model, ms, eid)
             conn.execute(delete(table).where(*mine))
-        first_key = (day_int(calendar.day_of(conv.first_at_ms)), conv.first_model)
-        for key in sorted(set(deltas) | {first_key}):
-            d = deltas[key]
-            s = stats_t.c
-            conn.execute(
-                update(stats_t)
-                .where(s.user_id == user_id, s.day == key[0], s.model_name == key[1])
-                .values(
-                    messages=s.messages - d["messages"],
-                    requests=s.requests - len(d["requests"]),
-                    errors=s.errors - len(d["errors"]),
-                    conversations=s.conversations - (1 if key == first_key else 0),
-                    prompt_tokens=s.prompt_tokens - d["p"],
-                    completion_tokens=s.completion_tokens - d["c"],
-                    total_tokens=s.total_tokens - d["t"],
-                )
-            )
-        s = stats_t.c
-        empty = and_(
-            *(s[n] == 0 for n in ("messages", "conversations", "requests", "errors", "total_tokens"))
-        )
-        conn.execute(delete(stats_t).where(s.user_id == user_id, empty))
+        apply_rollup(conn, catalog.daily_stats, gone.rollup.negated())
         conn.execute(delete(conv_t).where(*lock))
     return True

@@ -19,19 +19,17 @@ import datetime as dt
 import gzip
 import os
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, select
 
-from mes.days import date_of_int, day_int
+from mes.days import day_int
 from mes.errors import ConfigError
 from mes.log import get_logger
 from mes.storage.backends import backend_for
-from mes.storage.plan import conversation_title
-from mes.storage.tables import STAT_COUNTERS
+from mes.storage.rollup import ConversationState, Tally, apply_rollup, rewrite_conversations
 from mes.storage.transcript import GAP
 from mes.storage.turns import message_digest, stored_message
 
@@ -107,118 +105,24 @@ def list_partitions(storage: Storage) -> list[PartitionInfo]:
 
 
 # -- the index and rollups ---------------------------------------------------------------
-def _affected(conn: Any, storage: Storage, day: dt.date) -> dict[tuple[str, int], Any]:
+def _affected(conn: Connection, storage: Storage, day: dt.date) -> dict[tuple[str, int], ConversationState]:
     """Index rows of conversations that list ``day`` among their days."""
     c = storage.catalog.conversations
     tag = str(day_int(day))
     rows = conn.execute(select(c).where(c.c.days.like(f"%{tag}%"))).fetchall()
-    return {(r.conversation_id, r.user_id): r for r in rows if tag in r.days.split(",")}
+    states = (ConversationState.from_row(r) for r in rows)
+    return {s.key: s for s in states if day_int(day) in s.days}
 
 
-def _recount_one(
-    conn: Any, storage: Storage, key: tuple[str, int], days: Iterable[int], known: set[str]
-) -> dict[str, Any] | None:
-    """A conversation's index entry recounted from its rows in ``days``' tables."""
-    cid, uid = key
-    calendar = storage.calendar
-    conv: dict[str, Any] | None = None
-    chat_events: set[str] = set()
-    error_events: set[str] = set()
-    messages: list[tuple[int, int, str, Any]] = []
-    for day in sorted(set(days)):
-        tables = storage.catalog.day_tables(date_of_int(day))
-        for kind, table in (("chat", tables.chat), ("error", tables.error)):
-            if table.name not in known:
-                continue
-            c = table.c
-            cols = [c.model_name, c.created_at_ms, c.event_id, c.role, c.content, c.seq]
-            if kind == "chat":
-                cols += [c.prompt_tokens, c.completion_tokens, c.total_tokens, c.ordinal, c.position]
-            for row in conn.execute(select(*cols).where(c.conversation_id == cid, c.user_id == uid)):
-                model, ms = row.model_name, row.created_at_ms
-                if conv is None:
-                    conv = {"first": (ms, model), "last": (ms, model), "message_count": 0, "models": defaultdict(int),
-                            "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "days": set(),
-                        "last_ordinal": 0, "max_position": 0}  # fmt: skip
-                conv["first"] = min(conv["first"], (ms, model))
-                conv["last"] = max(conv["last"], (ms, model))
-                conv["days"].add(day_int(calendar.day_of(ms)))
-                if kind == "chat":
-                    conv["message_count"] += 1
-                    conv["models"][model] += 1
-                    conv["prompt_tokens"] += row.prompt_tokens
-                    conv["completion_tokens"] += row.completion_tokens
-                    conv["total_tokens"] += row.total_tokens
-                    chat_events.add(row.event_id)
-                    conv["last_ordinal"] = max(conv["last_ordinal"], row.ordinal or 0)
-                    conv["max_position"] = max(conv["max_position"], row.position or 0)
-                    messages.append((row.position or 0, row.ordinal or 0, row.role, row.content))
-                else:
-                    error_events.add(row.event_id)
-    if conv is None:
-        return None
-    conv["event_count"], conv["error_count"] = len(chat_events), len(error_events)
-    messages.sort(key=lambda m: (m[0], m[1]))
-    conv["title"] = conversation_title(
-        [{"role": role, "content": content} for _, _, role, content in messages]
-    )
-    return conv
-
-
-def _add_stats(conn: Any, storage: Storage, key: tuple[int, int, str], deltas: dict[str, int]) -> None:
-    """Add ``deltas`` to one rollup row (created if missing, removed when all zero)."""
-    s = storage.catalog.daily_stats
-    uid, day, model = key
-    where = (s.c.user_id == uid, s.c.day == day, s.c.model_name == model)
-    done = conn.execute(update(s).where(*where).values({n: s.c[n] + v for n, v in deltas.items()}))
-    if done.rowcount == 0:
-        if any(v < 0 for v in deltas.values()):
-            return  # the row went with its day
-        conn.execute(insert(s).values(user_id=uid, day=day, model_name=model,
-                                      **{n: deltas.get(n, 0) for n in STAT_COUNTERS}))  # fmt: skip
-    conn.execute(delete(s).where(*where, *(s.c[n] == 0 for n in STAT_COUNTERS)))
-
-
-def _fix_conversations(
-    conn: Any, storage: Storage, olds: dict[tuple[str, int], Any], extra_day: int | None
+def _rewrite(
+    conn: Connection,
+    storage: Storage,
+    olds: Mapping[tuple[str, int], ConversationState | None],
+    day: int | None,
 ) -> None:
-    """Recount each conversation and move its "conversations" count to its first day."""
-    c, calendar = storage.catalog.conversations, storage.calendar
-    now = int(time.time())
-    known = storage.catalog.refresh()
-    for key in sorted(olds):
-        old = olds[key]
-        days = {int(d) for d in old.days.split(",") if d} if old is not None else set()
-        if extra_day is not None:
-            days.add(extra_day)
-        new = _recount_one(conn, storage, key, days, known)
-        if old is not None:
-            _add_stats(conn, storage, (key[1], day_int(calendar.day_of(old.first_at_ms)), old.first_model),
-                       {"conversations": -1})  # fmt: skip
-            conn.execute(delete(c).where(c.c.conversation_id == key[0], c.c.user_id == key[1]))
-        if new is None:
-            continue
-        first_ms, first_model = new["first"]
-        last_ms, last_model = new["last"]
-        _add_stats(
-            conn, storage, (key[1], day_int(calendar.day_of(first_ms)), first_model), {"conversations": 1}
-        )
-        conn.execute(insert(c).values(
-            conversation_id=key[0], user_id=key[1], title=(old.title if old is not None and old.title else new["title"]),
-            first_at_ms=first_ms, last_at_ms=last_ms, first_model=first_model, last_model=last_model,
-            message_count=new["message_count"], event_count=new["event_count"], error_count=new["error_count"],
-            prompt_tokens=new["prompt_tokens"], completion_tokens=new["completion_tokens"],
-            total_tokens=new["total_tokens"], models=orjson.dumps(dict(new["models"])).decode(),
-            days=",".join(str(d) for d in sorted(new["days"])),
-            created_at=old.created_at if old is not None else now, updated_at=now,
-            # Ordinals and positions are never reused; the tail stays valid for what is left
-            # (a request re-sending a dropped row does not store it again: retention dropped it).
-            last_ordinal=max(new["last_ordinal"], old.last_ordinal if old is not None else 0),
-            max_position=max(new["max_position"], old.max_position if old is not None else 0),
-            tail_digest=old.tail_digest if old is not None else "",
-            tail_len=old.tail_len if old is not None else 0,
-            tail_context=old.tail_context if old is not None else None,
-        ))  # fmt: skip
+    rewrite_conversations(
+        conn, storage.catalog, storage.calendar, olds, extra_day=day, now_s=int(time.time())
+    )
 
 
 # -- drop ------------------------------------------------------------------------------
@@ -229,8 +133,8 @@ def drop_day(storage: Storage, day: dt.date) -> list[str]:
     with storage.engine.begin() as conn:
         olds = _affected(conn, storage, day)
         s = storage.catalog.daily_stats
-        conn.execute(delete(s).where(s.c.day == day_int(day)))
-        _fix_conversations(conn, storage, olds, None)
+        conn.execute(delete(s).where(s.c.day == day_int(day)))  # the day's rollups go with it
+        _rewrite(conn, storage, olds, None)
     log.info("partition_dropped", day=day.isoformat(), tables=dropped, conversations_fixed=len(olds))
     return dropped
 
@@ -374,13 +278,9 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
                     f"{tables[kind].name} already holds rows: drop the day first, or restore elsewhere"
                 )
     counts = dict.fromkeys(KINDS, 0)
-    stats: dict[tuple[int, int, str], dict[str, Any]] = defaultdict(
-        lambda: {"messages": 0, "requests": set(), "errors": set(), "prompt_tokens": 0,
-                 "completion_tokens": 0, "total_tokens": 0}
-    )  # fmt: skip
+    tally = Tally(storage.calendar)
     keys: set[tuple[str, int]] = set()
     batch: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
-    calendar = storage.calendar
     legacy = "ordinal" not in columns["chat"]  # archived before transcripts (storage.migrate)
     numbers: dict[tuple[str, int], list[int]] = {}  # legacy rows: [last ordinal, last position]
     with storage.engine.begin() as conn:
@@ -402,30 +302,27 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
                 counts[kind] += 1
                 if kind != "ledger":
                     keys.add((row["conversation_id"], row["user_id"]))
-                    skey = (row["user_id"], day_int(calendar.day_of(row["created_at_ms"])), row["model_name"])
+                    who = (row["user_id"], row["model_name"], row["created_at_ms"], row["event_id"])
                     if kind == "chat":
-                        s = stats[skey]
-                        s["messages"] += 1
-                        s["requests"].add(row["event_id"])
-                        for n in ("prompt_tokens", "completion_tokens", "total_tokens"):
-                            s[n] += row[n]
+                        tally.chat(
+                            *who, (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"])
+                        )
                     else:
-                        stats[skey]["errors"].add(row["event_id"])
+                        tally.error(*who)
                 if len(batch[kind]) >= 1000:
                     flush(kind)
                 if progress is not None:
                     progress(1)
         for kind in KINDS:
             flush(kind)
-        for skey, s in stats.items():
-            deltas = {n: (len(v) if isinstance(v, set) else v) for n, v in s.items()}
-            _add_stats(conn, storage, skey, {n: v for n, v in deltas.items() if v})
+        apply_rollup(conn, storage.catalog.daily_stats, tally.rollup)
         c = storage.catalog.conversations
-        olds: dict[tuple[str, int], Any] = {}
+        olds: dict[tuple[str, int], ConversationState | None] = {}
         for key in keys:
-            olds[key] = conn.execute(
+            found = conn.execute(
                 select(c).where(c.c.conversation_id == key[0], c.c.user_id == key[1])
             ).first()
-        _fix_conversations(conn, storage, olds, day_int(day))
+            olds[key] = ConversationState.from_row(found) if found is not None else None
+        _rewrite(conn, storage, olds, day_int(day))
     log.info("partition_restored", day=day.isoformat(), path=path, rows=counts)
     return counts

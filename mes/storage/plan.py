@@ -20,57 +20,16 @@ from typing import Any
 
 import orjson
 
-from mes.days import DayCalendar, day_int
+from mes.days import DayCalendar
+from mes.storage.rollup import ConversationState, Rollup, advance, take_over
+from mes.storage.rows import ChatRow, ErrorRow, LedgerRow, StatsRow
 from mes.storage.transcript import GAP, Entry, Transcript, align, encode_context, join_context
 from mes.storage.turns import content_column, message_digest, message_digests, sequence_digest
 
-__all__ = [
-    "CHAT_COLUMNS",
-    "CONVERSATION_COLUMNS",
-    "ERROR_COLUMNS",
-    "LEDGER_COLUMNS",
-    "STATS_COLUMNS",
-    "ConversationState",
-    "Loader",
-    "Plan",
-    "Prepared",
-    "build_plan",
-    "conversation_title",
-    "prepare",
-]
+__all__ = ["Loader", "Plan", "Prepared", "build_plan", "prepare"]
 
 KIND_CHAT = 1
 KIND_ERROR = 2
-TITLE_LEN = 100
-
-CHAT_COLUMNS = (
-    "user_id", "created_at", "updated_at", "conversation_id", "message_id", "role", "content",
-    "model_name", "token_id", "channel_id", "prompt_tokens", "completion_tokens", "total_tokens",
-    "is_stream", "finish_reason", "usage", "other", "ip", "event_id", "seq", "created_at_ms", "is_response",
-    "ordinal", "position", "digest", "context",
-)  # fmt: skip
-ERROR_COLUMNS = (
-    "user_id", "created_at", "conversation_id", "message_id", "role", "content", "model_name",
-    "token_id", "channel_id", "error_code", "error_message", "prompt_tokens", "completion_tokens",
-    "total_tokens", "other", "ip", "event_id", "seq", "created_at_ms",
-)  # fmt: skip
-LEDGER_COLUMNS = ("event_id", "kind", "applied_at")
-CONVERSATION_COLUMNS = (
-    "conversation_id", "user_id", "title", "first_at_ms", "last_at_ms", "first_model", "last_model",
-    "message_count", "event_count", "error_count", "prompt_tokens", "completion_tokens",
-    "total_tokens", "models", "days", "created_at", "updated_at",
-    "last_ordinal", "max_position", "tail_digest", "tail_len", "tail_context",
-)  # fmt: skip
-STATS_COLUMNS = (
-    "user_id", "day", "model_name", "messages", "conversations", "requests", "errors",
-    "prompt_tokens", "completion_tokens", "total_tokens",
-)  # fmt: skip
-STATS_COUNTERS = STATS_COLUMNS[3:]
-_MESSAGES, _CONVERSATIONS, _REQUESTS, _ERRORS, _PROMPT, _COMPLETION, _TOTAL = (
-    STATS_COUNTERS.index(name) for name in (
-        "messages", "conversations", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens",
-    )
-)  # fmt: skip
 
 _MESSAGE_CORE = ("role", "content")
 _RESPONSE_SKIP = ("choices", "usage")
@@ -123,73 +82,17 @@ def prepare(raw: Mapping[str, Any], calendar: DayCalendar) -> Prepared:
     )
 
 
-@dataclasses.dataclass(slots=True)
-class ConversationState:
-    """A row of ``mes_conversations`` as the writer reads and rewrites it."""
-
-    conversation_id: str
-    user_id: int
-    title: str = ""
-    first_at_ms: int = 0
-    last_at_ms: int = 0
-    first_model: str = ""
-    last_model: str = ""
-    message_count: int = 0
-    event_count: int = 0
-    error_count: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    models: dict[str, int] = dataclasses.field(default_factory=dict)
-    days: list[int] = dataclasses.field(default_factory=list)
-    created_at: int = 0
-    updated_at: int = 0
-    last_ordinal: int = 0  # the highest ordinal given to a row (never reused)
-    max_position: int = 0  # the highest position given to a row: appends go after it
-    # The tail: the turns the latest request sent, then its answer (digest, count, their
-    # ordinals). A request that starts with them needs no look at the stored rows.
-    tail_digest: str = ""
-    tail_len: int = 0
-    tail_context: str = ""
-
-    @property
-    def is_empty(self) -> bool:
-        """No event has been applied yet (absent, or a placeholder of this transaction)."""
-        return self.event_count == 0 and self.error_count == 0
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> ConversationState:
-        values = dict(zip(CONVERSATION_COLUMNS, row, strict=True))
-        values["models"] = orjson.loads(values["models"] or "{}")
-        days = values["days"]
-        values["days"] = [int(d) for d in days.split(",")] if days else []
-        for name in ("last_ordinal", "max_position", "tail_len"):
-            values[name] = int(values[name] or 0)
-        values["tail_digest"] = values["tail_digest"] or ""
-        values["tail_context"] = values["tail_context"] or ""
-        return cls(**values)
-
-    def to_row(self) -> tuple[Any, ...]:
-        return (
-            self.conversation_id, self.user_id, self.title, self.first_at_ms, self.last_at_ms,
-            self.first_model, self.last_model, self.message_count, self.event_count, self.error_count,
-            self.prompt_tokens, self.completion_tokens, self.total_tokens, _dumps(self.models),
-            ",".join(map(str, sorted(self.days))), self.created_at, self.updated_at,
-            self.last_ordinal, self.max_position, self.tail_digest, self.tail_len, self.tail_context,
-        )  # fmt: skip
-
-
 @dataclasses.dataclass
 class Plan:
     """Everything a batch will write, grouped by table."""
 
-    chat_rows: dict[dt.date, list[tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
+    chat_rows: dict[dt.date, list[ChatRow]] = dataclasses.field(default_factory=dict)
     # History copies of an answer that the answer's own event now takes over (see _claim).
     chat_deletes: dict[dt.date | None, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
-    error_rows: dict[dt.date, list[tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
-    ledger_rows: dict[dt.date, list[tuple[Any, ...]]] = dataclasses.field(default_factory=dict)
+    error_rows: dict[dt.date, list[ErrorRow]] = dataclasses.field(default_factory=dict)
+    ledger_rows: dict[dt.date, list[LedgerRow]] = dataclasses.field(default_factory=dict)
     conversations: list[ConversationState] = dataclasses.field(default_factory=list)
-    stats: dict[tuple[int, int, str], list[int]] = dataclasses.field(default_factory=dict)
+    rollup: Rollup = dataclasses.field(default_factory=Rollup)
     applied: int = 0
 
     @property
@@ -200,9 +103,9 @@ class Plan:
     def error_row_count(self) -> int:
         return sum(map(len, self.error_rows.values()))
 
-    def stats_rows(self) -> list[tuple[Any, ...]]:
+    def stats_rows(self) -> list[StatsRow]:
         """Rollup increments in key order (a fixed lock order: no deadlocks between writers)."""
-        return [(*key, *counts) for key, counts in sorted(self.stats.items()) if any(counts)]
+        return self.rollup.rows()
 
 
 # Events reach the plan validated, as the dicts JSON decodes to: ``isinstance(x, dict)``
@@ -259,53 +162,6 @@ def _extras(message: Mapping[str, Any], is_json: bool) -> dict[str, Any] | None:
     return extra or None
 
 
-def conversation_title(messages: Sequence[Mapping[str, Any]]) -> str:
-    for message in messages:
-        if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):
-                content = " ".join(
-                    str(p.get("text") or "")
-                    for p in content
-                    if isinstance(p, dict) and p.get("type") == "text"
-                )
-            text = str(content or "")
-            head = " ".join(text[: 4 * TITLE_LEN].split())  # most texts: no need to split them all
-            if len(head) > TITLE_LEN or len(text) <= 4 * TITLE_LEN:
-                return head[:TITLE_LEN]
-            return " ".join(text.split())[:TITLE_LEN]
-    return ""
-
-
-class _Stats:
-    """The plan's rollup increments: one list of counters (``STATS_COUNTERS``) per key."""
-
-    __slots__ = ("rows",)
-
-    def __init__(self, plan: Plan) -> None:
-        self.rows = plan.stats
-
-    def _row(self, user_id: int, day: int, model: str) -> list[int]:
-        key = (user_id, day, model)
-        row = self.rows.get(key)
-        if row is None:
-            row = self.rows[key] = [0] * len(STATS_COUNTERS)
-        return row
-
-    def add(self, user_id: int, day: int, model: str, counter: int, value: int) -> None:
-        self._row(user_id, day, model)[counter] += value
-
-    def request(
-        self, user_id: int, day: int, model: str, messages: int, tokens: tuple[int, int, int]
-    ) -> None:
-        row = self._row(user_id, day, model)
-        row[_MESSAGES] += messages
-        row[_REQUESTS] += 1
-        row[_PROMPT] += tokens[0]
-        row[_COMPLETION] += tokens[1]
-        row[_TOTAL] += tokens[2]
-
-
 def build_plan(
     events: Sequence[Prepared],
     states: dict[tuple[str, int], ConversationState],
@@ -322,9 +178,8 @@ def build_plan(
     does not start with its conversation's tail (see ``storage.transcript``).
     """
     plan = Plan()
-    stats = _Stats(plan)
     matcher = _Matcher(load)
-    claim = _Claimer(plan, stats, calendar)
+    claim = _Claimer(plan, calendar)
     touched: dict[tuple[str, int], ConversationState] = {}
     for ev in sorted(events, key=lambda e: (e.conversation_id, e.user_id, e.ms, e.event_id)):
         state = states.get(ev.key)
@@ -333,18 +188,17 @@ def build_plan(
         if ev.key not in touched and state.event_count == 0:
             matcher.fresh.add(ev.key)
         touched[ev.key] = state
-        day = day_int(ev.day)
+        chat_rows: int | None = None
+        tokens = (0, 0, 0)
         if ev.kind == KIND_CHAT:
             rows, tokens = _chat_rows(ev, state, matcher, now_s, claim)
             plan.chat_rows.setdefault(ev.day, []).extend(rows)
-            stats.request(ev.user_id, day, ev.model, len(rows), tokens)
+            chat_rows = len(rows)
         else:
-            rows = _error_rows(ev, state, matcher)
-            tokens = (0, 0, 0)
-            plan.error_rows.setdefault(ev.day, []).extend(rows)
-            stats.add(ev.user_id, day, ev.model, _ERRORS, 1)
-        plan.ledger_rows.setdefault(ev.day, []).append((ev.event_id, ev.kind, now_s))
-        _advance(state, ev, len(rows) if ev.kind == KIND_CHAT else 0, tokens, day, stats, calendar)
+            plan.error_rows.setdefault(ev.day, []).extend(_error_rows(ev, state, matcher))
+        plan.ledger_rows.setdefault(ev.day, []).append(LedgerRow(ev.event_id, ev.kind, now_s))
+        advance(state, plan.rollup, calendar, ms=ev.ms, model=ev.model, messages=ev.messages,
+                chat_rows=chat_rows, tokens=tokens)  # fmt: skip
         state.updated_at = now_s
         plan.applied += 1
     plan.conversations = [touched[k] for k in sorted(touched)]
@@ -369,7 +223,7 @@ class _Matcher:
         self.fresh: set[tuple[str, int]] = set()  # no chat row stored before this batch
         self.transcripts: dict[tuple[str, int], Transcript] = {}
         # the rows planned for conversations whose transcript is not read (yet)
-        self.planned: dict[tuple[str, int], list[tuple[dt.date, list[tuple[Any, ...]]]]] = {}
+        self.planned: dict[tuple[str, int], list[tuple[dt.date, list[ChatRow]]]] = {}
 
     def resolve(
         self, ev: Prepared, state: ConversationState, digests: list[bytes]
@@ -403,9 +257,7 @@ class _Matcher:
             transcript = self.transcripts[key] = Transcript([*stored, *planned])
         return transcript
 
-    def record(
-        self, key: tuple[str, int], day: dt.date, rows: list[tuple[Any, ...]], claimed: str | None
-    ) -> None:
+    def record(self, key: tuple[str, int], day: dt.date, rows: list[ChatRow], claimed: str | None) -> None:
         """An event's rows, kept as they are until a request of the conversation needs them
         (``claimed``: the message id of a stored row its answer took over, already there)."""
         transcript = self.transcripts.get(key)
@@ -413,61 +265,16 @@ class _Matcher:
             self.planned.setdefault(key, []).append((day, rows))  # (no claim without a transcript)
             return
         for row in rows:
-            if row[_MESSAGE_ID] != claimed:
+            if row.message_id != claimed:
                 transcript.add(_entry(row, day))
 
 
-_ORDINAL, _POSITION, _DIGEST, _MESSAGE_ID, _IS_RESPONSE, _MODEL, _MS = (
-    CHAT_COLUMNS.index(name)
-    for name in ("ordinal", "position", "digest", "message_id", "is_response", "model_name", "created_at_ms")
-)
-
-
-def _entry(row: tuple[Any, ...], day: dt.date) -> Entry:
+def _entry(row: ChatRow, day: dt.date) -> Entry:
     """A planned chat row as the transcript holds it."""
     return Entry(
-        row[_POSITION], row[_ORDINAL], bytes.fromhex(row[_DIGEST]), row[_IS_RESPONSE], row[_MESSAGE_ID],
-        row[_MODEL], row[_MS], day, planned=True,
+        row.position, row.ordinal, bytes.fromhex(row.digest), row.is_response, row.message_id, row.model_name,
+        row.created_at_ms, day, planned=True,
     )  # fmt: skip
-
-
-def _advance(
-    state: ConversationState,
-    ev: Prepared,
-    rows: int,
-    tokens: tuple[int, int, int],
-    day: int,
-    stats: _Stats,
-    calendar: DayCalendar,
-) -> None:
-    if state.is_empty:
-        state.first_at_ms = state.last_at_ms = ev.ms
-        state.first_model = state.last_model = ev.model
-        state.title = conversation_title(ev.messages)
-        stats.add(ev.user_id, day, ev.model, _CONVERSATIONS, 1)
-    elif (ev.ms, ev.model) < (state.first_at_ms, state.first_model):
-        # An earlier event arrived late: the conversation now starts on its day. Move the
-        # "conversations started" count with it so per-day counts stay exact.
-        old_day = day_int(calendar.day_of(state.first_at_ms))
-        stats.add(ev.user_id, old_day, state.first_model, _CONVERSATIONS, -1)
-        stats.add(ev.user_id, day, ev.model, _CONVERSATIONS, 1)
-        state.first_at_ms, state.first_model = ev.ms, ev.model
-        state.title = conversation_title(ev.messages) or state.title
-    # Ties on the millisecond are broken by model name, so the result does not depend on
-    # the order events arrive in (and a recount can reproduce it).
-    if (ev.ms, ev.model) > (state.last_at_ms, state.last_model):
-        state.last_at_ms, state.last_model = ev.ms, ev.model
-    if ev.kind == KIND_CHAT:
-        state.event_count += 1
-        state.message_count += rows
-        state.models[ev.model] = state.models.get(ev.model, 0) + rows
-        state.prompt_tokens += tokens[0]
-        state.completion_tokens += tokens[1]
-        state.total_tokens += tokens[2]
-    else:
-        state.error_count += 1
-    if day not in state.days:
-        state.days.append(day)
 
 
 def _usage_tokens(usage: Any) -> tuple[int, int, int]:
@@ -490,19 +297,14 @@ class _Claimer:
     Counters move with the row.
     """
 
-    __slots__ = ("calendar", "plan", "stats")
+    __slots__ = ("calendar", "plan")
 
-    def __init__(self, plan: Plan, stats: _Stats, calendar: DayCalendar) -> None:
-        self.plan, self.stats, self.calendar = plan, stats, calendar
+    def __init__(self, plan: Plan, calendar: DayCalendar) -> None:
+        self.plan, self.calendar = plan, calendar
 
     def __call__(self, ev: Prepared, state: ConversationState, row: Entry) -> None:
         self.plan.chat_deletes.setdefault(row.table_day, []).append((ev.conversation_id, row.message_id))
-        day = day_int(self.calendar.day_of(row.created_at_ms))
-        self.stats.add(ev.user_id, day, row.model, _MESSAGES, -1)
-        state.message_count -= 1
-        state.models[row.model] = state.models.get(row.model, 0) - 1
-        if not state.models[row.model]:
-            del state.models[row.model]
+        take_over(state, self.plan.rollup, self.calendar, model=row.model, ms=row.created_at_ms)
         row.is_response = True
 
 
@@ -512,7 +314,7 @@ def _chat_rows(
     matcher: _Matcher,
     now_s: int,
     claim: _Claimer,
-) -> tuple[list[tuple[Any, ...]], tuple[int, int, int]]:
+) -> tuple[list[ChatRow], tuple[int, int, int]]:
     raw = ev.raw
     digests = _with_digests(ev)
     cid, uid, ms, key = ev.conversation_id, ev.user_id, ev.ms, ev.key
@@ -521,7 +323,7 @@ def _chat_rows(
     is_stream, ip, eid = bool(raw.get("is_stream")), raw.get("ip"), ev.event_id
     messages, model = ev.messages, ev.model
     size, head, ordinals, positions, follow = matcher.resolve(ev, state, digests)
-    rows: list[tuple[Any, ...]] = []
+    rows: list[ChatRow] = []
     if ordinals is None:  # all new, at the end: consecutive ordinals, positions GAP apart
         first, end = state.last_ordinal + 1, state.max_position
         context: Sequence[int] = range(first, first + len(messages) - size)
@@ -570,12 +372,15 @@ def _chat_rows(
                 if raw.get(name) is not None:
                     extra[name] = raw[name]
         first = n == 0
-        rows.append((
-            uid, created, now_s, cid, mid, message.get("role") or "assistant", content, model,
-            token_id, channel_id, tokens[0] if first else 0, tokens[1] if first else 0,
-            tokens[2] if first else 0, is_stream, choice.get("finish_reason"),
-            _dumps(usage) if first and usage is not None else None, _dumps(extra) if extra else None,
-            ip, eid, seq + n, ms, True, ordinal, position, digest.hex(), context_text,
+        rows.append(ChatRow(
+            user_id=uid, created_at=created, updated_at=now_s, conversation_id=cid, message_id=mid,
+            role=message.get("role") or "assistant", content=content, model_name=model, token_id=token_id,
+            channel_id=channel_id, prompt_tokens=tokens[0] if first else 0,
+            completion_tokens=tokens[1] if first else 0, total_tokens=tokens[2] if first else 0,
+            is_stream=is_stream, finish_reason=choice.get("finish_reason"),
+            usage=_dumps(usage) if first and usage is not None else None, other=_dumps(extra) if extra else None,
+            ip=ip, event_id=eid, seq=seq + n, created_at_ms=ms, is_response=True, ordinal=ordinal,
+            position=position, digest=digest.hex(), context=context_text,
         ))  # fmt: skip
     matcher.record(key, ev.day, rows, claimed)
     if ms >= state.last_at_ms:  # the latest request so far: its turns and answer are the tail
@@ -585,9 +390,7 @@ def _chat_rows(
     return rows, tokens
 
 
-def _history_row(
-    ev: Prepared, seq: int, ordinal: int, position: int, digest: bytes, now_s: int
-) -> tuple[Any, ...]:
+def _history_row(ev: Prepared, seq: int, ordinal: int, position: int, digest: bytes, now_s: int) -> ChatRow:
     """The chat row of the request's message ``seq`` (a new one: not a re-send)."""
     raw, message = ev.raw, ev.messages[seq]
     content = message.get("content")
@@ -597,11 +400,14 @@ def _history_row(
         content, is_json = content_column(content)
         extra = _extras(message, is_json)
         other = _dumps(extra) if extra else None
-    return (
-        ev.user_id, ev.ms // 1000, now_s, ev.conversation_id, _row_id(ev.event_id, seq), message.get("role") or "",
-        content, ev.model, raw.get("token_id") or 0, raw.get("channel_id") or 0, 0, 0, 0,
-        bool(raw.get("is_stream")), None, None, other, raw.get("ip"), ev.event_id, seq, ev.ms, False,
-        ordinal, position, digest.hex(), None,
+    return ChatRow(
+        user_id=ev.user_id, created_at=ev.ms // 1000, updated_at=now_s, conversation_id=ev.conversation_id,
+        message_id=_row_id(ev.event_id, seq), role=message.get("role") or "", content=content,
+        model_name=ev.model, token_id=raw.get("token_id") or 0, channel_id=raw.get("channel_id") or 0,
+        prompt_tokens=0, completion_tokens=0, total_tokens=0, is_stream=bool(raw.get("is_stream")),
+        finish_reason=None, usage=None, other=other, ip=raw.get("ip"), event_id=ev.event_id, seq=seq,
+        created_at_ms=ev.ms, is_response=False, ordinal=ordinal, position=position, digest=digest.hex(),
+        context=None,
     )  # fmt: skip
 
 
@@ -611,7 +417,7 @@ def _placed_rows(
     ordinals: list[int | None],
     positions: list[int],
     digests: list[bytes],
-    rows: list[tuple[Any, ...]],
+    rows: list[ChatRow],
     now_s: int,
 ) -> list[int]:
     """The history rows of a request matched against its transcript (re-sends skipped, new
@@ -628,7 +434,7 @@ def _placed_rows(
     return context
 
 
-def _error_rows(ev: Prepared, state: ConversationState, matcher: _Matcher) -> list[tuple[Any, ...]]:
+def _error_rows(ev: Prepared, state: ConversationState, matcher: _Matcher) -> list[ErrorRow]:
     """The messages of a failed request that the conversation does not hold; at least one row."""
     raw = ev.raw
     digests = _with_digests(ev)
@@ -640,23 +446,26 @@ def _error_rows(ev: Prepared, state: ConversationState, matcher: _Matcher) -> li
         picked = [i for i, ordinal in enumerate(ordinals) if ordinal is None]
     if not picked and messages:  # all re-sent: the last one says what the request was
         picked = [len(messages) - 1]
-    eid = ev.event_id
-    created = ev.ms // 1000
-    code, text = raw.get("error_code") or 0, raw.get("error_message")
-    base = (raw.get("token_id") or 0, raw.get("channel_id") or 0, code, text)
     meta = {k: raw[k] for k in ("request_id", "metadata") if raw.get(k) is not None}
-    rows = []
+
+    def row(seq: int, role: str, content: str | None, other: dict[str, Any] | None) -> ErrorRow:
+        return ErrorRow(
+            user_id=ev.user_id, created_at=ev.ms // 1000, conversation_id=ev.conversation_id,
+            message_id=_row_id(ev.event_id, seq), role=role, content=content, model_name=ev.model,
+            token_id=raw.get("token_id") or 0, channel_id=raw.get("channel_id") or 0,
+            error_code=raw.get("error_code") or 0, error_message=raw.get("error_message"), prompt_tokens=0,
+            completion_tokens=0, total_tokens=0, other=_dumps(other) if other else None, ip=raw.get("ip"),
+            event_id=ev.event_id, seq=seq, created_at_ms=ev.ms,
+        )  # fmt: skip
+
     if not picked:  # a failed request with no messages still leaves its error on record
-        return [(ev.user_id, created, ev.conversation_id, _row_id(eid, 0), "", None, ev.model, *base, 0, 0, 0,
-                 _dumps(meta) if meta else None, raw.get("ip"), eid, 0, ev.ms)]  # fmt: skip
+        return [row(0, "", None, meta)]
+    rows = []
     for n, seq in enumerate(picked):
         message = messages[seq]
         content, is_json = content_column(message.get("content"))
         extra = _extras(message, is_json) or {}
         if n == 0 and meta:
             extra.update(meta)
-        rows.append((
-            ev.user_id, created, ev.conversation_id, _row_id(eid, seq), message.get("role") or "", content,
-            ev.model, *base, 0, 0, 0, _dumps(extra) if extra else None, raw.get("ip"), eid, seq, ev.ms,
-        ))  # fmt: skip
+        rows.append(row(seq, message.get("role") or "", content, extra))
     return rows

@@ -206,7 +206,7 @@ def conversations_table(metadata: MetaData, ids: str | None = None) -> Table:
         Column("days", Text, nullable=False, default=""),  # "20260115,20260116": the tables it spans
         Column("created_at", BigInteger, nullable=False),
         Column("updated_at", BigInteger, nullable=False),
-        # The transcript's counters and tail (see storage.plan.ConversationState).
+        # The transcript's counters and tail (see storage.rollup.ConversationState).
         Column("last_ordinal", Integer, nullable=False, default=0, server_default="0"),
         Column("max_position", BigInteger, nullable=False, default=0, server_default="0"),
         Column("tail_digest", String(32), nullable=False, default="", server_default=""),

@@ -43,16 +43,17 @@ from mes.errors import BatchDataError, ConnectionLost, DatabaseUnavailable
 from mes.log import get_logger
 from mes.storage.bulk import Bulk, ErrorKind, bulk_for
 from mes.storage.catalog import Catalog
-from mes.storage.plan import (
+from mes.storage.plan import Prepared, build_plan, prepare
+from mes.storage.rollup import ConversationState
+from mes.storage.rows import (
     CHAT_COLUMNS,
     CONVERSATION_COLUMNS,
+    DEAD_LETTER_COLUMNS,
     ERROR_COLUMNS,
     LEDGER_COLUMNS,
     STATS_COLUMNS,
-    ConversationState,
-    Prepared,
-    build_plan,
-    prepare,
+    STATS_KEY,
+    DeadLetterRow,
 )
 from mes.storage.transcript import Entry
 
@@ -62,8 +63,6 @@ log = get_logger("mes.storage")
 
 _CHUNK = 2000  # values per IN list: far below every backend's parameter limit
 _CONV_KEYS = ("conversation_id", "user_id")
-_STATS_KEYS = ("user_id", "day", "model_name")
-_DEAD_COLUMNS = ("created_at", "fingerprint", "event_id", "batch_id", "source", "reason", "payload")
 
 
 DEAD_PAYLOAD_MAX = 64 << 10  # what a dead letter keeps of its payload: writable on every backend
@@ -388,28 +387,34 @@ class BatchWriter:
                 now_s=now_s,
                 calendar=self.calendar,
             )
-            for day, rows in plan.ledger_rows.items():
-                bulk.insert(cur, catalog.day_tables(day).ledger, LEDGER_COLUMNS, rows)
+            for day, ledger in plan.ledger_rows.items():
+                bulk.insert(cur, catalog.day_tables(day).ledger, LEDGER_COLUMNS, ledger)
             for table_day, message_keys in plan.chat_deletes.items():
                 bulk.delete_keys(
                     cur, catalog.day_tables(table_day).chat, ("conversation_id", "message_id"), message_keys
                 )
-            for day, rows in plan.chat_rows.items():
-                bulk.insert(cur, catalog.day_tables(day).chat, CHAT_COLUMNS, rows)
-            for day, rows in plan.error_rows.items():
-                bulk.insert(cur, catalog.day_tables(day).error, ERROR_COLUMNS, rows)
+            for day, messages in plan.chat_rows.items():
+                bulk.insert(cur, catalog.day_tables(day).chat, CHAT_COLUMNS, messages)
+            for day, errors in plan.error_rows.items():
+                bulk.insert(cur, catalog.day_tables(day).error, ERROR_COLUMNS, errors)
             if dead:
-                rows = [
-                    (now_s, d.fingerprint, d.event_id, batch_id, d.source, d.reason, d.payload) for d in dead
-                ]
-                bulk.upsert(cur, catalog.dead_letters, _DEAD_COLUMNS, ("fingerprint",), rows, keep=True)
-            conversations = [s.to_row() for s in plan.conversations]
-            bulk.insert(cur, catalog.conversations, CONVERSATION_COLUMNS,
-                        [r for r in conversations if (r[0], r[1]) not in stored])  # fmt: skip
-            bulk.upsert(cur, catalog.conversations, CONVERSATION_COLUMNS, _CONV_KEYS,
-                        [r for r in conversations if (r[0], r[1]) in stored])  # fmt: skip
+                letters = [
+                    DeadLetterRow(
+                        created_at=now_s, fingerprint=d.fingerprint, event_id=d.event_id, batch_id=batch_id,
+                        source=d.source, reason=d.reason, payload=d.payload,
+                    )
+                    for d in dead
+                ]  # fmt: skip
+                bulk.upsert(
+                    cur, catalog.dead_letters, DEAD_LETTER_COLUMNS, ("fingerprint",), letters, keep=True
+                )
+            new = [s.to_row() for s in plan.conversations if s.key not in stored]
+            changed = [s.to_row() for s in plan.conversations if s.key in stored]
+            bulk.insert(cur, catalog.conversations, CONVERSATION_COLUMNS, new)
+            bulk.upsert(cur, catalog.conversations, CONVERSATION_COLUMNS, _CONV_KEYS, changed)
+            stats = plan.stats_rows()
             bulk.upsert(
-                cur, catalog.daily_stats, STATS_COLUMNS, _STATS_KEYS, plan.stats_rows(), add=STATS_COLUMNS[3:]
+                cur, catalog.daily_stats, STATS_COLUMNS, STATS_KEY, stats, add=STATS_COLUMNS[len(STATS_KEY) :]
             )
             cur.close()
             conn.commit()
@@ -489,9 +494,8 @@ class BatchWriter:
         cids = sorted({k[0] for k in keys})
         for row in self._select_in(cur, head, cids, self.bulk.lock_suffix()):
             state = ConversationState.from_row(row)
-            key = (state.conversation_id, state.user_id)
-            if key in wanted:
-                states[key] = state
+            if state.key in wanted:
+                states[state.key] = state
         return states
 
     def _stored_rows(self, cur: Any, state: ConversationState) -> list[Entry]:
