@@ -109,7 +109,7 @@ def test_every_route_serves_ids_with_any_character(odd):
 
 
 def test_an_unencoded_slash_is_part_of_the_id_and_a_literal_errors_suffix_is_the_errors_route(odd):
-    """The rule ``_ConversationRoute`` documents: ``x/errors`` is x's errors, ``x%2Ferrors`` an id."""
+    """The rule ``ConversationRoute`` documents: ``x/errors`` is x's errors, ``x%2Ferrors`` an id."""
     assert odd.call("a", "GET", "/api/v1/conversations/a/b").json()["conversation_id"] == "a/b"
     assert odd.call("a", "GET", "/api/v1/conversations/a/b/errors").json()["conversation_id"] == "a/b"
     errors_of_x = odd.call("a", "GET", "/api/v1/conversations/x/errors").json()
@@ -285,7 +285,7 @@ def test_readiness_names_what_is_down_and_nothing_else(server_backend):
 def test_a_large_ingest_is_parsed_and_checked_off_the_event_loop(tmp_path, redis_server, monkeypatch):
     """A 15 MB body of 1,000 events is accepted whole, and neither its parsing nor its
     checks run on the event loop's thread (where they would stall every other request)."""
-    from mes.api import ingest
+    from mes.api.routes import ingest
 
     env = {"MES_SQL_DSN": f"sqlite:///{tmp_path / 'mes.db'}", "MES_DATA_DIR": str(tmp_path / "data"),
            "REDIS_CONN_STRING": redis_server.url, "MES_SPOOL_DIR": str(tmp_path / "spool")}  # fmt: skip

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import mes.errors as errors
-from mes.api.app import _install_error_handlers
+from mes.api.handlers import install_error_handlers
 from mes.cli.common import handle_errors
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ def test_no_error_class_is_defined_outside_the_tree_but_the_documented_ones():
 @pytest.mark.parametrize("cls", TREE, ids=lambda c: c.__name__)
 def test_the_api_answers_each_class_with_its_status(cls):
     app = FastAPI()
-    _install_error_handlers(app)
+    install_error_handlers(app)
 
     @app.get("/boom")
     def boom() -> None:

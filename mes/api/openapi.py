@@ -3,7 +3,7 @@
 The routes declare their answers with ``responses(...)`` and ``secured(...)``; ``install``
 finishes the document FastAPI builds: the security schemes, and no ``422``. FastAPI adds a
 ``422`` to every route with parameters, but MES answers a request it cannot parse with a
-``400`` (``app._install_error_handlers``), so the ``422`` would be a status no route returns.
+``400`` (``handlers.install_error_handlers``), so the ``422`` would be a status no route returns.
 """
 
 from __future__ import annotations

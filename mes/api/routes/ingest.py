@@ -31,7 +31,7 @@ from mes.schemas import decode_event, new_event_id
 from mes.schemas.limits import CONTRACT_LIMIT, EventTooLarge, SizeLimit
 from mes.storage.engine import event_limit
 
-__all__ = ["ingest_router", "prepare_events"]
+__all__ = ["prepare_events", "router"]
 
 log = get_logger("mes.api.ingest")
 
@@ -107,7 +107,7 @@ def _parse(body: bytes | bytearray) -> Any:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
 
 
-def ingest_router() -> APIRouter:
+def router() -> APIRouter:
     router = APIRouter()
 
     @router.post(

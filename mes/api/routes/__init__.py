@@ -1,0 +1,1 @@
+"""The HTTP routes, one module per area; ``mes.api.app`` includes their routers in order."""
