@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from mes.errors import ConfigError
+from mes.redis_conn import connect
 
 __all__ = ["EmbeddedRedis", "find_redis_binary", "free_port", "remembered_redis_url", "runtime_redis_url"]
 
@@ -152,7 +153,7 @@ class EmbeddedRedis:
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = connect(self.url, socket_connect_timeout=0.2)
         while True:
             try:
                 client.ping()
@@ -184,7 +185,7 @@ class EmbeddedRedis:
         if self.process is None or self.process.poll() is not None:
             return
         with contextlib.suppress(redis.RedisError):
-            redis.Redis(port=self.port, socket_timeout=5).shutdown(nosave=False)
+            connect(self.url, socket_timeout=5).shutdown(nosave=False)
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:

@@ -141,3 +141,67 @@ def test_pyproject_lists_every_package_of_the_tree():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {m for m, p in _modules().items() if p.name == "__init__.py"}
     assert listed == packages, (packages - listed, listed - packages)
+
+
+def _builds_a_redis_client(node: ast.AST) -> str | None:
+    """A ``Redis(...)``, ``Redis.from_url(...)`` or ``Sentinel(...)`` call."""
+    if not isinstance(node, ast.Call):
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    if name in ("Redis", "StrictRedis", "Sentinel"):
+        return f"{name}(...)"
+    if name == "from_url" and isinstance(func, ast.Attribute) and "Redis" in ast.unparse(func.value):
+        return "Redis.from_url(...)"
+    return None
+
+
+def test_redis_clients_are_built_in_one_place():
+    """Every Redis client (plain, TLS, Sentinel) comes from ``mes.redis_conn.connect``."""
+    found = _found_outside("mes.redis_conn", _builds_a_redis_client)
+    assert not found, "\n".join(found)
+
+
+def _stats_names(tree: ast.AST) -> set[str]:
+    """Names a module binds to the ``daily_stats`` table (``s = catalog.daily_stats``,
+    ``a, b = catalog.x, catalog.daily_stats``)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                pairs = (
+                    zip(target.elts, node.value.elts, strict=False)
+                    if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple)
+                    else [(target, node.value)]
+                )
+                for t, v in pairs:
+                    if isinstance(t, ast.Name) and isinstance(v, ast.Attribute) and v.attr == "daily_stats":
+                        names.add(t.id)
+    return names
+
+
+def _rollup_writes(path: pathlib.Path) -> list[str]:
+    """``line: call`` of each ``insert``/``update``/``delete``/``upsert`` given the
+    ``daily_stats`` table, directly or through a name bound to it."""
+    tree = ast.parse(path.read_text())
+    aliases = _stats_names(tree)
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if name in ("insert", "update", "delete", "upsert") and any(
+            (isinstance(a, ast.Attribute) and a.attr == "daily_stats")
+            or (isinstance(a, ast.Name) and a.id in aliases)
+            for a in node.args
+        ):
+            out.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    return out
+
+
+def test_the_rollups_are_written_by_the_rollup_module():
+    """``mes_daily_stats`` changes through ``mes.storage.rollup`` only, but for the writer's
+    bulk upsert of a batch's ``Rollup`` (the hot path: one statement per batch)."""
+    found = [w for m, p in _modules().items() if m != "mes.storage.rollup" for w in _rollup_writes(p)]
+    assert len(found) == 1 and found[0].startswith("mes/storage/writer.py:"), "\n".join(found)

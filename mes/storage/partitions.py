@@ -23,13 +23,13 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Connection, Table, delete, func, insert, select
+from sqlalchemy import Connection, Table, func, insert, select
 
 from mes.days import day_int
 from mes.errors import ConfigError
 from mes.log import get_logger
 from mes.storage.backends import backend_for
-from mes.storage.rollup import ConversationState, Tally, apply_rollup, rewrite_conversations
+from mes.storage.rollup import ConversationState, Tally, apply_rollup, forget_day, rewrite_conversations
 from mes.storage.transcript import GAP
 from mes.storage.turns import message_digest, stored_message
 
@@ -132,8 +132,7 @@ def drop_day(storage: Storage, day: dt.date) -> list[str]:
     dropped = storage.catalog.drop_day(day)
     with storage.engine.begin() as conn:
         olds = _affected(conn, storage, day)
-        s = storage.catalog.daily_stats
-        conn.execute(delete(s).where(s.c.day == day_int(day)))  # the day's rollups go with it
+        forget_day(conn, storage.catalog.daily_stats, day_int(day))
         _rewrite(conn, storage, olds, None)
     log.info("partition_dropped", day=day.isoformat(), tables=dropped, conversations_fixed=len(olds))
     return dropped

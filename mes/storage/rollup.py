@@ -40,6 +40,7 @@ __all__ = [
     "advance",
     "apply_rollup",
     "conversation_title",
+    "forget_day",
     "recount_conversation",
     "rewrite_conversations",
     "take_over",
@@ -152,6 +153,12 @@ def apply_rollup(conn: Connection, stats: Table, rollup: Rollup) -> None:
                 continue
             conn.execute(insert(stats).values(row._asdict()))
         conn.execute(delete(stats).where(*where, *(s[n] == 0 for n in STAT_COUNTERS)))
+
+
+def forget_day(conn: Connection, stats: Table, day: int) -> None:
+    """A dropped day's rollups go whole (its conversations are then rewritten by
+    :func:`rewrite_conversations`, which moves their "conversations" counts)."""
+    conn.execute(delete(stats).where(stats.c.day == day))
 
 
 # -- conversations ---------------------------------------------------------------------
