@@ -351,3 +351,22 @@ def test_worker_sigkilled_mid_batch_is_redone_by_another_without_duplicates(back
     assert_consistent(storage)
     producer.close()
     storage.close()
+
+
+def test_a_batch_is_written_with_the_context_it_is_given_and_not_without_one(backend, redis_server):
+    """The job's work takes its context as an argument (``write_batch_with``); RQ's entry
+    point ``write_batch`` finds the process's, and in a process that is no worker says so."""
+    from mes.worker.jobs import write_batch, write_batch_with
+
+    settings = mes_settings(backend, redis_server)
+    storage = Storage.open(settings.database)
+    ctx = WorkerContext.build(settings, redis_server.client(), storage=storage)
+    events = [orjson.dumps(ev) for ev in conversation("conv-ctx", 2)]
+    ctx.redis.rpush(ctx.keys.batch("b-ctx"), *events)
+    with pytest.raises(RuntimeError, match="no MES worker context"):
+        write_batch("b-ctx")
+    assert write_batch_with(ctx, "b-ctx")["applied"] == 2
+    assert sorted(applied_events(storage)) == sorted(orjson.loads(e)["event_id"] for e in events)
+    assert ctx.redis.llen(ctx.keys.batch("b-ctx")) == 0
+    assert_consistent(storage)
+    storage.close()

@@ -1,6 +1,6 @@
 """What a worker process holds for its whole life: settings, the database pool, Redis.
 
-RQ calls the job function with the batch id only; the function finds the process's
+RQ calls the job function with the batch id only; that entry point (``jobs.write_batch``) finds the process's
 context here. ``mes worker`` installs it before the work loop, so every job of the
 process reuses one database pool (RQ's forking worker would open a connection per job).
 Building it also learns how large an event the database takes (``event_limit``).

@@ -1,7 +1,10 @@
 """The RQ job function: one batch from Redis into the database, exactly once.
 
 ``mes.worker.jobs.write_batch`` is a wire contract (it is the function name stored in
-every job): never move or rename it without leaving an alias here.
+every job): never move or rename it without leaving an alias here. RQ imports it by that
+name and calls it with the batch id alone, so it is the one place that looks up the
+process's context (``context.current()``, installed by ``mes worker``); the work itself,
+``write_batch_with``, takes the context as an argument, as does everything below it.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ from mes.worker import brake
 from mes.worker.brake import POISON_MIN_EVENTS, POISON_RATIO
 from mes.worker.context import WorkerContext, current
 
-__all__ = ["POISON_MIN_EVENTS", "POISON_RATIO", "PoisonBatchError", "write_batch"]
+__all__ = ["POISON_MIN_EVENTS", "POISON_RATIO", "PoisonBatchError", "write_batch", "write_batch_with"]
 
 log = get_logger("mes.worker")
 
 
 def write_batch(batch_id: str) -> dict[str, Any]:
+    """RQ's entry point: :func:`write_batch_with` this process's worker context."""
+    return write_batch_with(current(), batch_id)
+
+
+def write_batch_with(ctx: WorkerContext, batch_id: str) -> dict[str, Any]:
     """Decode, validate and write batch ``batch_id``; return after the commit.
 
     Invalid events, and events larger than the database takes (``event_limit``: they
@@ -38,7 +46,6 @@ def write_batch(batch_id: str) -> dict[str, Any]:
         PoisonBatchError: most events are invalid: the valid ones are written, the rest
             wait for ``mes replay failed`` (see ``brake``).
     """
-    ctx = current()
     started = time.perf_counter()
     key = ctx.keys.batch(batch_id)
     braked = brake.braked_key(ctx.keys.prefix)
