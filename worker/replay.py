@@ -22,12 +22,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from rq.registry import FailedJobRegistry
-from sqlalchemy import bindparam, delete, select
 
 from mes.config.settings import ProducerSettings
 from mes.queue import Keys
 from mes.storage import Storage
-from mes.storage.writer import is_truncated
+from mes.storage.dead_letters import read_dead_letters, remove_dead_letters
 
 __all__ = ["DeadLetterReplay", "replay_dead_letters", "replay_failed_jobs", "replay_spool"]
 
@@ -68,28 +67,18 @@ def replay_dead_letters(
     """Push dead letters (all, or the given row ids) back through the pipeline.
 
     Those that kept only a prefix of their event are left in place: replaying a prefix
-    would only make a new dead letter, and lose the row that says what happened.
+    would only make a new dead letter, and lose the row that says what happened. Each
+    chunk is on the staging list before its rows are removed: a crash between the two
+    replays it twice, which the ledger makes harmless.
     """
-    table = storage.catalog.dead_letters
-    query = select(table.c.id, table.c.payload, table.c.fingerprint, table.c.reason).order_by(table.c.id)
-    if ids is not None:
-        query = query.where(table.c.id.in_(list(ids)))
-    count = 0
-    with storage.engine.connect() as conn:
-        rows = conn.execute(query).fetchall()
-    truncated = [r.id for r in rows if is_truncated(bytes(r.payload), r.fingerprint, r.reason)]
-    skip = set(truncated)
-    rows = [r for r in rows if r.id not in skip]
-    for start in range(0, len(rows), 500):
-        chunk = rows[start : start + 500]
-        redis.rpush(keys.staging, *[bytes(r.payload) for r in chunk])
-        with storage.engine.begin() as conn:
-            conn.execute(
-                delete(table).where(table.c.id.in_(bindparam("ids", expanding=True))),
-                {"ids": [r.id for r in chunk]},
-            )
-        count += len(chunk)
-    return DeadLetterReplay(replayed=count, truncated=truncated)
+    letters = read_dead_letters(storage, ids)
+    truncated = [d.id for d in letters if d.truncated]
+    ready = [d for d in letters if not d.truncated]
+    for start in range(0, len(ready), 500):
+        chunk = ready[start : start + 500]
+        redis.rpush(keys.staging, *[d.payload for d in chunk])
+        remove_dead_letters(storage, [d.id for d in chunk])
+    return DeadLetterReplay(replayed=len(ready), truncated=truncated)
 
 
 def replay_spool(settings: ProducerSettings, redis: Any = None) -> int:

@@ -14,9 +14,10 @@ from sqlalchemy import Engine
 from mes.config.settings import DatabaseSettings
 from mes.days import DayCalendar
 from mes.storage.catalog import Catalog
+from mes.storage.dead_letters import DeadLetter
 from mes.storage.engine import bootstrap_database, create_engine_for
 from mes.storage.migrate import migrate
-from mes.storage.writer import BatchDataError, BatchWriter, DeadLetter, WriteResult
+from mes.storage.writer import BatchDataError, BatchWriter, WriteResult
 
 __all__ = ["BatchDataError", "BatchWriter", "DeadLetter", "Storage", "WriteResult"]
 

@@ -32,7 +32,6 @@ import gc
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from hashlib import blake2b
 from typing import Any
 
 import orjson
@@ -43,6 +42,7 @@ from mes.errors import BatchDataError, ConnectionLost, DatabaseUnavailable
 from mes.log import get_logger
 from mes.storage.bulk import Bulk, ErrorKind, bulk_for
 from mes.storage.catalog import Catalog
+from mes.storage.dead_letters import DeadLetter
 from mes.storage.plan import Prepared, build_plan, prepare
 from mes.storage.rollup import ConversationState
 from mes.storage.rows import (
@@ -57,71 +57,12 @@ from mes.storage.rows import (
 )
 from mes.storage.transcript import Entry
 
-__all__ = ["BatchDataError", "BatchWriter", "ConnectionLost", "DeadLetter", "WriteResult", "is_truncated"]
+__all__ = ["BatchDataError", "BatchWriter", "ConnectionLost", "WriteResult"]
 
 log = get_logger("mes.storage")
 
 _CHUNK = 2000  # values per IN list: far below every backend's parameter limit
 _CONV_KEYS = ("conversation_id", "user_id")
-
-
-DEAD_PAYLOAD_MAX = 64 << 10  # what a dead letter keeps of its payload: writable on every backend
-REASON_MAX = 2000
-TRUNCATED_MARK = "[payload truncated:"
-
-
-@dataclasses.dataclass(frozen=True)
-class DeadLetter:
-    """An event kept aside: why it could not be stored, and its raw bytes, bounded.
-
-    A dead letter must itself be writable whatever its event was: it keeps at most
-    ``DEAD_PAYLOAD_MAX`` bytes of the payload (a prefix), and ``size`` and ``fingerprint``
-    (blake2b-128, the dead letters' unique key) of the whole of it; the reason of a
-    truncated one says so, with both. The reason is cut to ``REASON_MAX`` characters of
-    valid text without NUL. ``size`` and ``fingerprint`` are given only to copy a dead
-    letter (``dataclasses.replace``); by default they are the payload's.
-    """
-
-    payload: bytes
-    reason: str
-    event_id: str | None = None
-    source: str = "worker"
-    size: int = -1
-    fingerprint: str = ""
-
-    def __post_init__(self) -> None:
-        raw = bytes(self.payload)
-        size = len(raw) if self.size < 0 else self.size
-        fingerprint = self.fingerprint or blake2b(raw, digest_size=16).hexdigest()
-        kept = raw[:DEAD_PAYLOAD_MAX]
-        reason = _clean_text(self.reason)
-        if len(kept) < size and TRUNCATED_MARK not in reason:
-            note = (
-                f" {TRUNCATED_MARK} the first {len(kept)} of {size} bytes kept; "
-                f"blake2b-128 of all: {fingerprint}]"
-            )
-            reason = reason[: REASON_MAX - len(note)] + note
-        event_id = self.event_id if isinstance(self.event_id, str) and len(self.event_id) <= 64 else None
-        for name, value in (("payload", kept), ("size", size), ("fingerprint", fingerprint),
-                            ("reason", reason[:REASON_MAX]), ("event_id", event_id)):  # fmt: skip
-            object.__setattr__(self, name, value)
-
-    @property
-    def truncated(self) -> bool:
-        """Only a prefix of the event is kept: it cannot be replayed."""
-        return len(self.payload) < self.size
-
-
-def is_truncated(payload: bytes, fingerprint: str, reason: str) -> bool:
-    """Whether a stored dead letter kept only a prefix of its event (its fingerprint is
-    the whole event's, and its reason says so)."""
-    return TRUNCATED_MARK in reason and blake2b(bytes(payload), digest_size=16).hexdigest() != fingerprint
-
-
-def _clean_text(text: str) -> str:
-    """Text every backend stores: valid UTF-8 (lone surrogates replaced), no NUL, bounded."""
-    cut = text[: REASON_MAX * 2]
-    return cut.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\\0")
 
 
 @dataclasses.dataclass
