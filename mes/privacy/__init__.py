@@ -1,0 +1,1 @@
+"""Privacy: what MES keeps (capture) and what it blanks out (redact)."""
