@@ -48,7 +48,7 @@ from mes.config.settings import ProducerSettings
 from mes.embedded import find_redis_binary, free_port
 from mes.log import configure_logging
 from mes.producer import Producer
-from mes.producer.producer import _envelope  # a bench may build the producer's own event
+from mes.producer.serializer import envelope
 
 WORDS = [
     "the",
@@ -97,7 +97,7 @@ def payloads(n: int, seed: int = 3) -> list[tuple[Any, ...]]:
 def event_of(call: tuple[Any, ...]) -> dict[str, Any]:
     """The event ``save_chat_completion`` serializes for a call's arguments (``payloads``)."""
     cid, messages, response, model, uid, tok, ch = call
-    event = _envelope("chat", None, None, cid, messages, model, uid, tok, ch, None, False, None, None)
+    event = envelope("chat", None, None, cid, messages, model, uid, tok, ch, None, False, None, None)
     event["response"] = response
     return event
 
@@ -165,7 +165,7 @@ def run_producer(
 
 def flusher_cpu(producer: Producer) -> float:
     """CPU seconds of the producer's background thread so far (batching, Redis or spool)."""
-    thread = producer._thread  # a bench may read the private flusher thread
+    thread = producer._flusher.thread  # a bench may reach the producer's private flusher
     if thread is None or thread.ident is None:
         return 0.0
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))

@@ -22,7 +22,8 @@ import threading
 
 from mes.config.settings import ProducerSettings
 from mes.metrics import register_producer_collector
-from mes.producer.producer import _LIVE, Producer, ProducerStats
+from mes.producer.flusher import _LIVE
+from mes.producer.producer import Producer, ProducerStats
 
 __all__ = ["Producer", "ProducerStats", "get_producer"]
 

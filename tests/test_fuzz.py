@@ -17,7 +17,7 @@ from sqlalchemy import text
 from mes.config.settings import ProducerSettings
 from mes.errors import InvalidEvent
 from mes.producer import Producer
-from mes.producer.producer import serialize
+from mes.producer.serializer import serialize
 from mes.reader import HistoryReader
 from mes.schemas import decode_event, new_event_id
 from mes.storage import DeadLetter
