@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from mes.errors import ConfigError, DatabaseUnavailable, QueueUnavailable, RetryableError
+from mes.redis_conn import SENTINEL_SCHEMES, describe
 
 __all__ = ["check_database", "check_listen", "check_redis", "redis_address"]
 
@@ -25,7 +26,10 @@ T = TypeVar("T")
 
 
 def redis_address(url: str) -> str:
-    """Where ``url`` points, without its user or password: ``host:port``, or the socket path."""
+    """Where ``url`` points, without its user or password: ``host:port``, the socket path,
+    or for Sentinel the sentinels and the service (``redis+sentinel://h1:26379,h2:26379/mymaster``)."""
+    if url.partition("://")[0] in SENTINEL_SCHEMES:
+        return describe(url)
     try:
         parts = urlsplit(url)
         if parts.scheme == "unix":

@@ -106,6 +106,9 @@ def _run_through(cl: SentinelCluster, fault: str, tmp_path: Any) -> dict[str, An
         REDIS_CONN_STRING=cl.url(), MES_DAILY_PARTITION="false", SQL_MAX_IDLE_CONNS="4", MES_LINGER_MS="5",
         MES_SPOOL_DIR=str(tmp_path / "spool"), MES_JOB_TIMEOUT="5", MES_MAINTENANCE_INTERVAL="2",
         MES_RETRY_INTERVALS="1,1,2,2,4",
+        # A worker slow to start (a loaded machine) may first look for the primary during
+        # the fault: it waits for Sentinel's answer, as a deployment's would, not exit.
+        MES_STARTUP_WAIT="60",
     )  # fmt: skip
     settings = Settings.from_env(env)
     storage = Storage.open(settings.database)

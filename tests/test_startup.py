@@ -148,3 +148,14 @@ def test_doctor_creates_no_database(backend, tmp_path):
     assert any(line.startswith("OK") and "database:" in line for line in lines), lines
     if backend != "sqlite":
         reset_database(backend, name)
+
+
+def test_a_sentinel_address_is_named_without_its_passwords():
+    """A start-up error names the sentinels and the service, never "(unparsable address)"
+    (a Sentinel URL lists several hosts) and never a password."""
+    from mes.startup import redis_address
+
+    url = "redis+sentinel://:pa@ss@127.0.0.1:26379,127.0.0.1:26380/mymaster/0?sentinel_password=se:cret"
+    where = redis_address(url)
+    assert where == "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/0"
+    assert "pa@ss" not in where and "se:cret" not in where
