@@ -177,6 +177,7 @@ def _banner(settings: Settings, redis_server: Any, host: str, port: int, api_key
         f"  database   {settings.database.db.describe()}",
         f"  queue      {redis_line}",
         *moved,
+        f"  privacy    {settings.privacy.describe()}   (MES_CAPTURE, MES_CAPTURE_RULES, MES_REDACT)",
         f"  read API   {base}   (OpenAPI: {base}/docs, health: {base}/healthz, metrics: {base}/metrics)",
         f"  API key    {api_key}   (operator key; New API tokens work too when SQL_DSN is set)",
         "",

@@ -130,6 +130,12 @@ class _EventBase(BaseModel):
     is_stream: bool = False
     request_id: Annotated[str, Field(max_length=128)] | None = None
     metadata: dict[str, Any] | None = None
+    capture: Annotated[
+        Literal["full", "metadata", "none"] | None,
+        Field(
+            description="At most this much of the event is kept: lowers, never raises, the operator's level."
+        ),
+    ] = None
 
 
 class ChatEvent(_EventBase):

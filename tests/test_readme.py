@@ -30,6 +30,8 @@ RUNNERS = {
     "python-producer": "test_readme.py",
     "python-reader": "test_readme.py",
     "docker": "test_compose.py",
+    "capture-rules": "test_privacy.py",
+    "redactor-plugin": "test_privacy.py",
 }
 _CONFIG_PREFIXES = ("MES_", "SQL_", "REDIS_")
 

@@ -159,3 +159,17 @@ def test_a_sentinel_address_is_named_without_its_passwords():
     where = redis_address(url)
     assert where == "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/0"
     assert "pa@ss" not in where and "se:cret" not in where
+
+
+def test_doctor_prints_the_capture_mode_in_force(tmp_path):
+    """``mes doctor`` says what is kept and what is redacted; a bad rules file is its one line."""
+    rules = tmp_path / "capture.toml"
+    rules.write_text('[[rule]]\ncapture = "none"\ntoken_id = 77\n')
+    env = {"MES_SQL_DSN": f"sqlite:///{tmp_path / 'mes.db'}", "MES_DATA_DIR": str(tmp_path / "data"),
+           "MES_CAPTURE": "metadata", "MES_CAPTURE_RULES": str(rules), "MES_REDACT": "email"}  # fmt: skip
+    _, lines = mes(env, "doctor")
+    privacy = [line for line in lines if line.split()[1:2] == ["privacy:"]]
+    assert privacy == [f"OK   privacy: capture metadata (rules: {rules}, 1 rule(s)), redaction email"], lines
+    rules.write_text('[[rule]]\ncapture = "most"\n')
+    code, lines = mes(env, "doctor")
+    assert code == 1 and any("MES_CAPTURE_RULES" in line and "rule 1" in line for line in lines), lines

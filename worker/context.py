@@ -48,6 +48,7 @@ class WorkerContext:
             queue=make_queue(redis, name, job_class=MESJob),
         )
         ctx.event_limit  # noqa: B018  (learned now, at start-up, not in the first job)
+        ctx.storage.writer.privacy = settings.privacy.build()  # what is kept, what is redacted
         return ctx
 
     def close(self) -> None:

@@ -110,23 +110,38 @@ class MESWorker(SimpleWorker):
             self.stager.reap()
             ctx.storage.create_ahead()
             self._retention()
+            self._content_retention()
         except Exception as exc:  # upkeep must never stop the worker; the next pass retries
             log.error("maintenance_failed", error=str(exc)[:300])
 
     def _retention(self) -> None:
-        """``MES_RETENTION_DAYS``: drop daily tables past it, at most once an hour across
-        all workers (a Redis key records the last run)."""
-        ctx = self.mes_context
-        days = ctx.settings.worker.retention_days
-        if days <= 0 or not ctx.storage.catalog.daily:
-            return
-        if not ctx.redis.set(f"{ctx.keys.prefix}:retention:last", self.name, nx=True, ex=3600):
-            return
-        from mes.storage.partitions import apply_retention
+        """``MES_RETENTION_DAYS``: drop daily tables past it (``storage.partitions``)."""
+        days = self.mes_context.settings.worker.retention_days
+        if self._hourly("retention", days):
+            from mes.storage.partitions import apply_retention
 
-        dropped = apply_retention(ctx.storage, days)
-        if dropped:
-            log.info("retention_applied", retention_days=days, days=[d.isoformat() for d in dropped])
+            dropped = apply_retention(self.mes_context.storage, days)
+            if dropped:
+                log.info("retention_applied", retention_days=days, days=[d.isoformat() for d in dropped])
+
+    def _content_retention(self) -> None:
+        """``MES_CONTENT_RETENTION_DAYS``: erase the content of older days (``storage.expiry``)."""
+        days = self.mes_context.settings.worker.content_retention_days
+        if self._hourly("content_retention", days):
+            from mes.storage.expiry import expire_content
+
+            erased = expire_content(self.mes_context.storage, days)
+            if erased:
+                log.info("content_retention_applied", content_retention_days=days, rows=sum(erased.values()),
+                         tables=sorted(erased))  # fmt: skip
+
+    def _hourly(self, name: str, days: int) -> bool:
+        """Whether a retention task set to ``days`` (0: off) runs now: with daily tables, at
+        most once an hour across all workers (a Redis key records the last run)."""
+        ctx = self.mes_context
+        if days <= 0 or not ctx.storage.catalog.daily:
+            return False
+        return bool(ctx.redis.set(f"{ctx.keys.prefix}:{name}:last", self.name, nx=True, ex=3600))
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         """RQ's wait for a job, with staging cut between short waits (see ``RQ_CHECKED``).

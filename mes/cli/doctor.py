@@ -242,6 +242,7 @@ def doctor() -> None:
     report.line(
         "OK", "configuration", f"read from the environment (data folder {os.path.abspath(settings.data_dir)})"
     )
+    report.line("OK", "privacy", settings.privacy.describe())
     storage = _doctor_database(report, settings)
     client = _doctor_redis(report, settings)
     if storage is not None:

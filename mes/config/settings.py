@@ -22,11 +22,15 @@ from urllib.parse import SplitResult, urlsplit
 
 from mes.config.dsn import DatabaseConfig, parse_dsn
 from mes.errors import ConfigError
+from mes.privacy.capture import Capture, CapturePolicy, load_rules
+from mes.privacy.policy import Privacy
+from mes.privacy.redact import Redactor, load_plugin, parse_redact
 from mes.redis_conn import SENTINEL_SCHEMES, parse_redis_url
 
 __all__ = [
     "ApiSettings",
     "DatabaseSettings",
+    "PrivacySettings",
     "ProducerSettings",
     "QueueSettings",
     "Settings",
@@ -246,6 +250,7 @@ class WorkerSettings:
     drain_linger_ms: int = 200
     maintenance_interval: int = 15
     retention_days: int = 0  # 0: keep everything
+    content_retention_days: int = 0  # 0: keep content as long as the rows
     metrics_port: int = 0  # Prometheus port (0: off); `mes worker -p N` gives process i port + i
 
     @classmethod
@@ -255,8 +260,49 @@ class WorkerSettings:
             drain_linger_ms=env_int(env, "MES_DRAIN_LINGER_MS", 200, minimum=1, maximum=60_000),
             maintenance_interval=env_int(env, "MES_MAINTENANCE_INTERVAL", 15, minimum=1, maximum=3600),
             retention_days=env_int(env, "MES_RETENTION_DAYS", 0, minimum=0),
+            content_retention_days=env_int(env, "MES_CONTENT_RETENTION_DAYS", 0, minimum=0),
             metrics_port=env_int(env, "MES_METRICS_PORT", 0, minimum=0, maximum=65535),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacySettings:
+    """What the workers keep of each event (``MES_CAPTURE``, ``MES_CAPTURE_RULES``) and
+    what they blank out of its texts first (``MES_REDACT``, ``MES_REDACTOR``)."""
+
+    capture: Capture = Capture.FULL
+    capture_rules: str | None = None  # the rules file, read and checked at start-up
+    policy: CapturePolicy = dataclasses.field(default_factory=CapturePolicy)
+    redact: tuple[str, ...] = ()  # the detectors on (MES_REDACT; unset: off)
+    redactor: str | None = None  # MES_REDACTOR, package.module:function
+
+    @classmethod
+    def from_env(cls, env: Env) -> PrivacySettings:
+        raw = _get(env, "MES_CAPTURE")
+        capture = Capture.parse(raw, "MES_CAPTURE") if raw else Capture.FULL
+        rules = _get(env, "MES_CAPTURE_RULES") or None
+        policy = load_rules(rules, default=capture) if rules else CapturePolicy(default=capture)
+        redact_raw = _get(env, "MES_REDACT")
+        redact = parse_redact(redact_raw) if redact_raw else ()
+        plugin = _get(env, "MES_REDACTOR") or None
+        if plugin is not None:
+            load_plugin(plugin)  # fails now, in one line, rather than in the first batch
+        return cls(capture=capture, capture_rules=rules, policy=policy, redact=redact, redactor=plugin)
+
+    def build(self) -> Privacy:
+        """What the writer applies (loads the plug-in)."""
+        plugin = load_plugin(self.redactor) if self.redactor else None
+        redactor = Redactor(self.redact, plugin) if self.redact or plugin is not None else None
+        return Privacy(self.policy, redactor)
+
+    def describe(self) -> str:
+        """One line for ``mes up`` and ``mes doctor``: ``capture full, redaction off``."""
+        capture = f"capture {self.policy.default.label}"
+        if self.capture_rules:
+            capture += f" (rules: {self.capture_rules}, {len(self.policy.rules)} rule(s))"
+        names = ",".join(self.redact) if self.redact else "off"
+        redaction = f"redaction {names}" + (f" + {self.redactor}" if self.redactor else "")
+        return f"{capture}, {redaction}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,6 +340,7 @@ class Settings:
     producer: ProducerSettings
     worker: WorkerSettings
     api: ApiSettings
+    privacy: PrivacySettings
     main_db: DatabaseConfig | None  # New API's SQL_DSN: users and tokens for the read API
     data_dir: str
     debug: bool
@@ -314,11 +361,17 @@ class Settings:
         env = os.environ if env is None else env
         base = data_dir(env)
         main_raw = _get(env, "SQL_DSN")
+        database, worker = DatabaseSettings.from_env(env), WorkerSettings.from_env(env)
+        if worker.content_retention_days and not database.daily_partition:
+            raise ConfigError(
+                "MES_CONTENT_RETENTION_DAYS needs daily tables: set MES_DAILY_PARTITION=true (content is erased by day)"
+            )
         return cls(
-            database=DatabaseSettings.from_env(env),
+            database=database,
             producer=ProducerSettings.from_env(env),
-            worker=WorkerSettings.from_env(env),
+            worker=worker,
             api=ApiSettings.from_env(env),
+            privacy=PrivacySettings.from_env(env),
             main_db=parse_dsn(main_raw, variable="SQL_DSN", data_dir=base) if main_raw else None,
             data_dir=base,
             debug=env_bool(env, "DEBUG", False),

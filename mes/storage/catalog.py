@@ -28,6 +28,7 @@ from mes.storage.tables import (
     LEDGER_BASE,
     DayTables,
     chat_table,
+    content_expired_table,
     conversations_table,
     daily_stats_table,
     dead_letters_table,
@@ -57,6 +58,7 @@ class Catalog:
         self.conversations = conversations_table(self.metadata, ids)
         self.daily_stats = daily_stats_table(self.metadata, ids)
         self.dead_letters = dead_letters_table(self.metadata, ids)
+        self.content_expired = content_expired_table(self.metadata)
         self._days: dict[dt.date | None, DayTables] = {}
         self._known: set[str] = set()
         self._lock = threading.Lock()
@@ -98,7 +100,7 @@ class Catalog:
     def ensure_base(self) -> None:
         """Create the fixed tables (and the plain history tables when not partitioned)."""
         self.refresh()
-        fixed = [self.conversations, self.daily_stats, self.dead_letters]
+        fixed = [self.conversations, self.daily_stats, self.dead_letters, self.content_expired]
         if not self.daily:
             fixed.extend(self.day_tables(None).chat_error_ledger())
         self._create(fixed)

@@ -29,6 +29,7 @@ from mes.days import day_int
 from mes.errors import ConfigError
 from mes.log import get_logger
 from mes.storage.backends import backend_for
+from mes.storage.expiry import forget_expired
 from mes.storage.rollup import ConversationState, Tally, apply_rollup, forget_day, rewrite_conversations
 from mes.storage.transcript import GAP
 from mes.storage.turns import message_digest, stored_message
@@ -131,6 +132,7 @@ def drop_day(storage: Storage, day: dt.date) -> list[str]:
     require_daily(storage)
     dropped = storage.catalog.drop_day(day)
     with storage.engine.begin() as conn:
+        forget_expired(conn, storage, dropped)
         olds = _affected(conn, storage, day)
         forget_day(conn, storage.catalog.daily_stats, day_int(day))
         _rewrite(conn, storage, olds, None)
@@ -314,6 +316,7 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
                     progress(1)
         for kind in KINDS:
             flush(kind)
+        forget_expired(conn, storage, [t.name for t in tables.values()])  # its content is back
         apply_rollup(conn, storage.catalog.daily_stats, tally.rollup)
         c = storage.catalog.conversations
         olds: dict[tuple[str, int], ConversationState | None] = {}

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from mes.days import DayCalendar
+from mes.privacy.capture import Capture
 from mes.storage.rollup import ConversationState, Rollup, advance, take_over
 from mes.storage.rows import ChatRow, ErrorRow, LedgerRow, StatsRow
 from mes.storage.transcript import GAP, Entry, Transcript, align, encode_context, join_context
@@ -59,14 +60,26 @@ class Prepared:
     digests: list[bytes] | None = None  # turn digest of each message, once computed
     answers: list[bytes] = dataclasses.field(default_factory=list)  # ... and of each choice's answer
     choices: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # a chat's, with the answers
+    # What the operator's policy keeps of it (``mes.privacy``), and what was redacted from it
+    capture: Capture = Capture.FULL
+    redacted: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def content_kept(self) -> bool:
+        return self.capture == Capture.FULL
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.conversation_id, self.user_id)
 
 
-def prepare(raw: Mapping[str, Any], calendar: DayCalendar) -> Prepared:
-    """Read the fields the writer needs from a validated event dict."""
+Mark = tuple[Capture, dict[str, int]]
+"""What ``mes.privacy.Privacy.apply`` decided for an event: its level and redactions."""
+
+
+def prepare(raw: Mapping[str, Any], calendar: DayCalendar, mark: Mark | None = None) -> Prepared:
+    """Read the fields the writer needs from a validated event dict (already redacted,
+    when ``mark`` says what privacy did to it)."""
     ms = raw["occurred_at"]
     messages = raw.get("messages") or ()
     return Prepared(
@@ -79,7 +92,14 @@ def prepare(raw: Mapping[str, Any], calendar: DayCalendar) -> Prepared:
         user_id=raw["user_id"],
         model=raw.get("model_name") or "",
         messages=messages,
+        capture=Capture.FULL if mark is None else mark[0],
+        redacted={} if mark is None else mark[1],
     )
+
+
+# ``other`` of a row whose content the capture policy did not keep (``metadata``, ``none``)
+_NOT_STORED: dict[str, Any] = {"content_stored": False}
+_NOT_STORED_TEXT = orjson.dumps(_NOT_STORED).decode()
 
 
 @dataclasses.dataclass
@@ -197,8 +217,8 @@ def build_plan(
         else:
             plan.error_rows.setdefault(ev.day, []).extend(_error_rows(ev, state, matcher))
         plan.ledger_rows.setdefault(ev.day, []).append(LedgerRow(ev.event_id, ev.kind, now_s))
-        advance(state, plan.rollup, calendar, ms=ev.ms, model=ev.model, messages=ev.messages,
-                chat_rows=chat_rows, tokens=tokens)  # fmt: skip
+        advance(state, plan.rollup, calendar, ms=ev.ms, model=ev.model,
+                messages=ev.messages if ev.content_kept else (), chat_rows=chat_rows, tokens=tokens)  # fmt: skip
         state.updated_at = now_s
         plan.applied += 1
     plan.conversations = [touched[k] for k in sorted(touched)]
@@ -360,17 +380,22 @@ def _chat_rows(
             state.max_position = position = state.max_position + GAP
         answered.append(ordinal)
         message = _choice_message(choice)
-        content, is_json = content_column(message.get("content"))
-        extra = _extras(message, is_json) or {}
-        choice_extra = {k: v for k, v in choice.items() if k not in ("message", "delta", "finish_reason")}
-        if choice_extra:
-            extra["choice"] = choice_extra
+        if ev.content_kept:
+            content, is_json = content_column(message.get("content"))
+            extra = _extras(message, is_json) or {}
+            choice_extra = {k: v for k, v in choice.items() if k not in ("message", "delta", "finish_reason")}
+            if choice_extra:
+                extra["choice"] = choice_extra
+        else:
+            content, extra = None, dict(_NOT_STORED)
         if n == 0:
             if response_head:
                 extra["response"] = response_head
             for name in ("request_id", "metadata"):
                 if raw.get(name) is not None:
                     extra[name] = raw[name]
+            if ev.redacted:
+                extra["redacted"] = ev.redacted
         first = n == 0
         rows.append(ChatRow(
             user_id=uid, created_at=created, updated_at=now_s, conversation_id=cid, message_id=mid,
@@ -394,7 +419,9 @@ def _history_row(ev: Prepared, seq: int, ordinal: int, position: int, digest: by
     """The chat row of the request's message ``seq`` (a new one: not a re-send)."""
     raw, message = ev.raw, ev.messages[seq]
     content = message.get("content")
-    if len(message) == 2 and type(content) is str:  # role and text: nothing else to keep
+    if not ev.content_kept:
+        content, other = None, _NOT_STORED_TEXT
+    elif len(message) == 2 and type(content) is str:  # role and text: nothing else to keep
         other = None
     else:
         content, is_json = content_column(content)
@@ -458,13 +485,20 @@ def _error_rows(ev: Prepared, state: ConversationState, matcher: _Matcher) -> li
             event_id=ev.event_id, seq=seq, created_at_ms=ev.ms,
         )  # fmt: skip
 
+    if ev.redacted:
+        meta["redacted"] = ev.redacted
+    if not ev.content_kept:
+        meta = {**_NOT_STORED, **meta}
     if not picked:  # a failed request with no messages still leaves its error on record
         return [row(0, "", None, meta)]
     rows = []
     for n, seq in enumerate(picked):
         message = messages[seq]
-        content, is_json = content_column(message.get("content"))
-        extra = _extras(message, is_json) or {}
+        if ev.content_kept:
+            content, is_json = content_column(message.get("content"))
+            extra = _extras(message, is_json) or {}
+        else:
+            content, extra = None, dict(_NOT_STORED)
         if n == 0 and meta:
             extra.update(meta)
         rows.append(row(seq, message.get("role") or "", content, extra))

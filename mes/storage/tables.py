@@ -18,6 +18,7 @@ And, not partitioned:
 * ``mes_conversations``: one row per (conversation, user): listing without scanning.
 * ``mes_daily_stats``: (user, day, model) → messages, conversations, tokens, errors.
 * ``mes_dead_letters``: events that cannot be stored, with the reason and raw payload.
+* ``mes_content_expired``: the daily tables whose content has been erased (content retention).
 
 Names of daily tables come only from :func:`day_suffix` of a ``datetime.date``, never
 from text a user sent.
@@ -262,6 +263,18 @@ def dead_letters_table(metadata: MetaData, ids: str | None = None) -> Table:
         Column("payload", LongBlob, nullable=False),  # raw bytes: whatever arrived, even invalid UTF-8
         Column("replayed_at", BigInteger),
         Index("ix_mes_dead_letters_created", "created_at"),
+    )
+
+
+def content_expired_table(metadata: MetaData) -> Table:
+    """The history tables whose content ``MES_CONTENT_RETENTION_DAYS`` has erased: each is
+    done once (``storage.expiry``), and read again only when restored from an archive."""
+    return mes_table(
+        "mes_content_expired",
+        metadata,
+        Column("table_name", String(ID_LEN), primary_key=True),
+        Column("rows", BigInteger, nullable=False, default=0),
+        Column("expired_at", BigInteger, nullable=False),
     )
 
 

@@ -40,10 +40,11 @@ from sqlalchemy import Engine
 from mes.days import DayCalendar, date_of_int
 from mes.errors import BatchDataError, ConnectionLost, DatabaseUnavailable
 from mes.log import get_logger
+from mes.privacy.policy import Privacy
 from mes.storage.bulk import Bulk, ErrorKind, bulk_for
 from mes.storage.catalog import Catalog
 from mes.storage.dead_letters import DeadLetter
-from mes.storage.plan import Prepared, build_plan, prepare
+from mes.storage.plan import Mark, Prepared, build_plan, prepare
 from mes.storage.rollup import ConversationState
 from mes.storage.rows import (
     CHAT_COLUMNS,
@@ -121,6 +122,9 @@ class BatchWriter:
         self.bulk: Bulk = bulk_for(engine)
         self.max_attempts = max_attempts
         self._sleep = sleep
+        # What is kept of each event and redacted from it (the worker sets it: mes.privacy);
+        # None: everything, as sent.
+        self.privacy: Privacy | None = None
 
     # -- public ----------------------------------------------------------------------
     def write(
@@ -138,15 +142,26 @@ class BatchWriter:
             BatchDataError: the database refused a value; ``write_isolating`` finds the event.
         """
         with _cyclic_gc_paused():
-            return self._write(events, dead_letters, batch_id)
+            return self._write(events, dead_letters, batch_id, self._marks(events))
+
+    def _marks(self, events: Sequence[Mapping[str, Any]]) -> dict[int, Mark] | None:
+        """``privacy`` applied to each event, once (its texts redacted in place), by ``id``."""
+        if self.privacy is None:
+            return None
+        apply = self.privacy.apply
+        return {id(raw): apply(raw) for raw in events}  # type: ignore[arg-type]  # decoded events are dicts
 
     def _write(
-        self, events: Sequence[Mapping[str, Any]], dead_letters: Sequence[DeadLetter], batch_id: str | None
+        self,
+        events: Sequence[Mapping[str, Any]],
+        dead_letters: Sequence[DeadLetter],
+        batch_id: str | None,
+        marks: dict[int, Mark] | None,
     ) -> WriteResult:
         prepared: list[Prepared] = []
         seen: set[str] = set()
         for raw in events:
-            ev = prepare(raw, self.calendar)
+            ev = prepare(raw, self.calendar, None if marks is None else marks.get(id(raw)))
             if ev.event_id not in seen:
                 seen.add(ev.event_id)
                 prepared.append(ev)
@@ -203,8 +218,10 @@ class BatchWriter:
             BatchDataError: the database refused a dead letter without payload: a fault of
                 MES or of the database, not of an event.
         """
+        marks = self._marks(events)
         try:
-            return self.write(events, dead_letters, batch_id=batch_id)
+            with _cyclic_gc_paused():
+                return self._write(events, dead_letters, batch_id, marks)
         except BatchDataError as exc:
             cause = str(exc)
         except ConnectionLost as exc:
@@ -220,20 +237,25 @@ class BatchWriter:
             # mostly a size (each try of a large one costs a second), and halving would
             # send it again at every level.
             sizes = [len(_serialized(ev)) for ev in rest]
-            result += self._isolate([rest.pop(sizes.index(max(sizes)))], batch_id, culprits)
+            result += self._isolate([rest.pop(sizes.index(max(sizes)))], batch_id, culprits, marks)
         if rest:
-            result += self._isolate(rest, batch_id, culprits)
+            result += self._isolate(rest, batch_id, culprits, marks)
         return result + self._write_dead([*dead_letters, *culprits], batch_id)
 
     def _isolate(
-        self, events: list[Mapping[str, Any]], batch_id: str | None, culprits: list[DeadLetter]
+        self,
+        events: list[Mapping[str, Any]],
+        batch_id: str | None,
+        culprits: list[DeadLetter],
+        marks: dict[int, Mark] | None,
     ) -> WriteResult:
         """Write ``events``, halving them while the database refuses; an event it refuses
         alone is added to ``culprits`` instead."""
         lost = 0
         while True:
             try:
-                return self.write(events, (), batch_id=batch_id)
+                with _cyclic_gc_paused():
+                    return self._write(events, (), batch_id, marks)
             except BatchDataError as exc:
                 why = f"the database refused this event: {exc}"
             except ConnectionLost as exc:
@@ -251,8 +273,8 @@ class BatchWriter:
         if len(events) > 1:
             half = len(events) // 2
             log.info("batch_split", batch_id=batch_id, events=len(events), reason=why[:200])
-            first = self._isolate(events[:half], batch_id, culprits)
-            return first + self._isolate(events[half:], batch_id, culprits)
+            first = self._isolate(events[:half], batch_id, culprits, marks)
+            return first + self._isolate(events[half:], batch_id, culprits, marks)
         (event,) = events
         letter = DeadLetter(_serialized(event), why, _event_id(event))
         log.warning("event_refused", batch_id=batch_id, event_id=letter.event_id, size=letter.size,
