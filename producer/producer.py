@@ -108,6 +108,7 @@ class Producer:
         request_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         event_id: str | None = None,
+        capture: str | None = None,
     ) -> str:
         """Record a finished request (the seed's ``SaveChatCompletion``); returns the event id.
 
@@ -118,6 +119,8 @@ class Producer:
         event = envelope("chat", event_id, occurred_at, conversation_id, messages, model_name, user_id,
                          token_id, channel_id, ip, is_stream, request_id, metadata)  # fmt: skip
         event["response"] = response
+        if capture is not None:  # "metadata" or "none": keep less of this one (README: Privacy)
+            event["capture"] = capture
         self._record(event)
         return str(event["event_id"])
 
@@ -138,12 +141,15 @@ class Producer:
         request_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         event_id: str | None = None,
+        capture: str | None = None,
     ) -> str:
         """Record a failed request (the seed's ``SaveErrorConversation``); returns the event id."""
         event = envelope("error", event_id, occurred_at, conversation_id, messages, model_name, user_id,
                          token_id, channel_id, ip, is_stream, request_id, metadata)  # fmt: skip
         event["error_code"] = error_code
         event["error_message"] = error_message
+        if capture is not None:
+            event["capture"] = capture
         self._record(event)
         return str(event["event_id"])
 

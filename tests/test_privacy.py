@@ -272,3 +272,27 @@ def test_content_retention_needs_daily_tables(backend):
 
     with pytest.raises(ConfigError, match="MES_DAILY_PARTITION=true"):
         Settings.from_env(backend.env(MES_DAILY_PARTITION="false", MES_CONTENT_RETENTION_DAYS="30"))
+
+
+def test_a_gateway_lowers_one_request_through_the_producer(backend, redis_server):
+    """``save_chat_completion(..., capture="metadata")`` from the gateway, through Redis and
+    a worker: that request's words are not stored; the next one's are."""
+    from mes.producer import Producer
+
+    from .test_pipeline import mes_settings, run_workers
+
+    settings = mes_settings(backend, redis_server)
+    storage = Storage.open(settings.database)
+    producer = Producer(settings.producer)
+    private = [{"role": "user", "content": "private " + SECRET}]
+    producer.save_chat_completion("conv-gw", private, {"choices": [{"message": {"role": "assistant", "content": "ok"}}]}, "gpt-4o",
+                                  1, 1, 1, occurred_at=BASE_MS, capture="metadata")  # fmt: skip
+    public = [*private, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "public words"}]
+    producer.save_chat_completion("conv-gw", public, {"choices": [{"message": {"role": "assistant", "content": "fine"}}]}, "gpt-4o",
+                                  1, 1, 1, occurred_at=BASE_MS + 1000)  # fmt: skip
+    assert producer.flush(10)
+    run_workers(settings, redis_server, storage)
+    assert found(storage, "private") == [] and found(storage, "public words")
+    assert_consistent(storage)
+    producer.close()
+    storage.close()
