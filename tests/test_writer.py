@@ -11,6 +11,7 @@ from sqlalchemy import inspect, text
 
 from mes.schemas import decode_event
 from mes.storage import Storage
+from mes.storage.transcript import GAP
 
 from .factories import BASE_MS, assert_consistent, chat, conversation, error, event_from_call, sample_calls
 
@@ -508,3 +509,46 @@ def test_a_row_class_that_differs_from_its_table_stops_mes(monkeypatch):
     monkeypatch.setattr(rows, "ChatRow", short)
     with pytest.raises(TypeError, match="ChatRow has fields"):
         rows.check_rows()
+
+
+def test_every_column_of_a_stored_row_holds_its_own_value(backend):
+    """The row builders fill ChatRow by position (the hot path): each column, read back by
+    name, holds the value meant for it, for a history row and for an answer row."""
+    storage = backend.storage()
+    ev = chat("conv-cols", [{"role": "system", "content": "s"}, {"role": "user", "content": "q", "name": "bob"}],
+              "a", usage=(11, 22), ip="10.0.0.9", is_stream=True, channel_id=5, token_id=6)  # fmt: skip
+    storage.writer.write([decode_event(__import__("orjson").dumps(ev))])
+    got = {r["seq"]: r for r in rows(storage, day_table("conversation_histories", dt.date(2026, 1, 15)))}
+    history, answer = got[1], got[2]
+    for row in (history, answer):
+        assert (row["user_id"], row["conversation_id"], row["model_name"]) == (1, "conv-cols", "gpt-4o")
+        assert (row["token_id"], row["channel_id"], row["ip"], bool(row["is_stream"])) == (
+            6,
+            5,
+            "10.0.0.9",
+            True,
+        )
+        assert (row["event_id"], row["created_at_ms"], row["created_at"]) == (
+            ev["event_id"],
+            BASE_MS,
+            BASE_MS // 1000,
+        )
+    assert (history["role"], history["content"], history["message_id"]) == (
+        "user",
+        "q",
+        f"{ev['event_id']}.1",
+    )
+    assert __import__("orjson").loads(history["other"]) == {"name": "bob"}
+    assert (history["ordinal"], history["position"], bool(history["is_response"])) == (2, 2 * GAP, False)
+    assert (history["prompt_tokens"], history["total_tokens"], history["usage"], history["context"]) == (
+        0,
+        0,
+        None,
+        None,
+    )
+    assert (answer["role"], answer["content"], answer["finish_reason"], bool(answer["is_response"])) == (
+        "assistant", "a", "stop", True)  # fmt: skip
+    assert (answer["prompt_tokens"], answer["completion_tokens"], answer["total_tokens"]) == (11, 22, 33)
+    assert (answer["ordinal"], answer["position"], answer["context"]) == (3, 3 * GAP, "1-2")
+    assert __import__("orjson").loads(answer["usage"])["total_tokens"] == 33
+    assert len(history["digest"]) == 32 and history["digest"] != answer["digest"]

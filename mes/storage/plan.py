@@ -62,11 +62,8 @@ class Prepared:
     choices: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # a chat's, with the answers
     # What the operator's policy keeps of it (``mes.privacy``), and what was redacted from it
     capture: Capture = Capture.FULL
-    redacted: dict[str, int] = dataclasses.field(default_factory=dict)
-
-    @property
-    def content_kept(self) -> bool:
-        return self.capture == Capture.FULL
+    content_kept: bool = True  # capture is FULL
+    redacted: Mapping[str, int] | None = None  # per detector; None: nothing found
 
     @property
     def key(self) -> tuple[str, int]:
@@ -93,7 +90,8 @@ def prepare(raw: Mapping[str, Any], calendar: DayCalendar, mark: Mark | None = N
         model=raw.get("model_name") or "",
         messages=messages,
         capture=Capture.FULL if mark is None else mark[0],
-        redacted={} if mark is None else mark[1],
+        content_kept=mark is None or mark[0] == Capture.FULL,
+        redacted=None if mark is None else mark[1] or None,
     )
 
 
@@ -395,17 +393,15 @@ def _chat_rows(
                 if raw.get(name) is not None:
                     extra[name] = raw[name]
             if ev.redacted:
-                extra["redacted"] = ev.redacted
+                extra["redacted"] = dict(ev.redacted)
         first = n == 0
+        # ChatRow's fields in order (by position: this runs for every answer; see _history_row)
         rows.append(ChatRow(
-            user_id=uid, created_at=created, updated_at=now_s, conversation_id=cid, message_id=mid,
-            role=message.get("role") or "assistant", content=content, model_name=model, token_id=token_id,
-            channel_id=channel_id, prompt_tokens=tokens[0] if first else 0,
-            completion_tokens=tokens[1] if first else 0, total_tokens=tokens[2] if first else 0,
-            is_stream=is_stream, finish_reason=choice.get("finish_reason"),
-            usage=_dumps(usage) if first and usage is not None else None, other=_dumps(extra) if extra else None,
-            ip=ip, event_id=eid, seq=seq + n, created_at_ms=ms, is_response=True, ordinal=ordinal,
-            position=position, digest=digest.hex(), context=context_text,
+            uid, created, now_s, cid, mid, message.get("role") or "assistant", content, model, token_id,
+            channel_id, tokens[0] if first else 0, tokens[1] if first else 0, tokens[2] if first else 0,
+            is_stream, choice.get("finish_reason"), _dumps(usage) if first and usage is not None else None,
+            _dumps(extra) if extra else None, ip, eid, seq + n, ms, True, ordinal, position, digest.hex(),
+            context_text,
         ))  # fmt: skip
     matcher.record(key, ev.day, rows, claimed)
     if ms >= state.last_at_ms:  # the latest request so far: its turns and answer are the tail
@@ -427,14 +423,17 @@ def _history_row(ev: Prepared, seq: int, ordinal: int, position: int, digest: by
         content, is_json = content_column(content)
         extra = _extras(message, is_json)
         other = _dumps(extra) if extra else None
+    # ChatRow's fields in order: user_id, created_at, updated_at, conversation_id, message_id, role,
+    # content, model_name, token_id, channel_id, prompt/completion/total_tokens, is_stream,
+    # finish_reason, usage, other, ip, event_id, seq, created_at_ms, is_response, ordinal,
+    # position, digest, context. By position, not keyword: this runs for every message stored,
+    # and a keyword call of 26 arguments costs 3-4 times as much (``bench/before_after.py``);
+    # mypy checks each value's type against its field, tests/test_writer.py each field's value.
     return ChatRow(
-        user_id=ev.user_id, created_at=ev.ms // 1000, updated_at=now_s, conversation_id=ev.conversation_id,
-        message_id=_row_id(ev.event_id, seq), role=message.get("role") or "", content=content,
-        model_name=ev.model, token_id=raw.get("token_id") or 0, channel_id=raw.get("channel_id") or 0,
-        prompt_tokens=0, completion_tokens=0, total_tokens=0, is_stream=bool(raw.get("is_stream")),
-        finish_reason=None, usage=None, other=other, ip=raw.get("ip"), event_id=ev.event_id, seq=seq,
-        created_at_ms=ev.ms, is_response=False, ordinal=ordinal, position=position, digest=digest.hex(),
-        context=None,
+        ev.user_id, ev.ms // 1000, now_s, ev.conversation_id, _row_id(ev.event_id, seq), message.get("role") or "",
+        content, ev.model, raw.get("token_id") or 0, raw.get("channel_id") or 0, 0, 0, 0,
+        bool(raw.get("is_stream")), None, None, other, raw.get("ip"), ev.event_id, seq, ev.ms, False,
+        ordinal, position, digest.hex(), None,
     )  # fmt: skip
 
 
@@ -486,7 +485,7 @@ def _error_rows(ev: Prepared, state: ConversationState, matcher: _Matcher) -> li
         )  # fmt: skip
 
     if ev.redacted:
-        meta["redacted"] = ev.redacted
+        meta["redacted"] = dict(ev.redacted)
     if not ev.content_kept:
         meta = {**_NOT_STORED, **meta}
     if not picked:  # a failed request with no messages still leaves its error on record

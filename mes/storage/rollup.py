@@ -237,16 +237,13 @@ class ConversationState:
         )  # fmt: skip
 
     def to_row(self) -> ConversationRow:
+        # ConversationRow's fields in order (by position: once per conversation and batch)
         return ConversationRow(
-            conversation_id=self.conversation_id, user_id=self.user_id, title=self.title,
-            first_at_ms=self.first_at_ms, last_at_ms=self.last_at_ms, first_model=self.first_model,
-            last_model=self.last_model, message_count=self.message_count, event_count=self.event_count,
-            error_count=self.error_count, prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens, total_tokens=self.total_tokens,
-            models=orjson.dumps(self.models).decode(), days=",".join(map(str, sorted(self.days))),
-            created_at=self.created_at, updated_at=self.updated_at, last_ordinal=self.last_ordinal,
-            max_position=self.max_position, tail_digest=self.tail_digest, tail_len=self.tail_len,
-            tail_context=self.tail_context,
+            self.conversation_id, self.user_id, self.title, self.first_at_ms, self.last_at_ms,
+            self.first_model, self.last_model, self.message_count, self.event_count, self.error_count,
+            self.prompt_tokens, self.completion_tokens, self.total_tokens, orjson.dumps(self.models).decode(),
+            ",".join(map(str, sorted(self.days))), self.created_at, self.updated_at,
+            self.last_ordinal, self.max_position, self.tail_digest, self.tail_len, self.tail_context,
         )  # fmt: skip
 
 
