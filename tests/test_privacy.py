@@ -296,3 +296,16 @@ def test_a_gateway_lowers_one_request_through_the_producer(backend, redis_server
     assert_consistent(storage)
     producer.close()
     storage.close()
+
+
+def test_an_event_asks_for_less_when_the_operator_keeps_everything(backend):
+    """No MES_CAPTURE, no rules, no redaction (the writer then skips the policy): an event
+    saying "capture": "metadata" is still stored without its words."""
+    storage = backend.storage()
+    privacy(storage)
+    assert storage.writer.privacy is None
+    storage.writer.write([decoded(chat("conv-ask", [{"role": "user", "content": "asked " + SECRET}], "k",
+                                       capture="metadata"))])  # fmt: skip
+    assert found(storage, "asked") == [] and found(storage, "launch code") == []
+    assert HistoryReader(storage).get_conversation("conv-ask", user_id=1)["message_count"] == 2
+    assert_consistent(storage)

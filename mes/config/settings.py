@@ -289,10 +289,13 @@ class PrivacySettings:
             load_plugin(plugin)  # fails now, in one line, rather than in the first batch
         return cls(capture=capture, capture_rules=rules, policy=policy, redact=redact, redactor=plugin)
 
-    def build(self) -> Privacy:
-        """What the writer applies (loads the plug-in)."""
+    def build(self) -> Privacy | None:
+        """What the writer applies (loads the plug-in); None when it would change nothing
+        (everything kept, nothing redacted: the writer then skips it)."""
         plugin = load_plugin(self.redactor) if self.redactor else None
         redactor = Redactor(self.redact, plugin) if self.redact or plugin is not None else None
+        if redactor is None and self.policy.default == Capture.FULL and not self.policy.rules:
+            return None
         return Privacy(self.policy, redactor)
 
     def describe(self) -> str:

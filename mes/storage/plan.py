@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from mes.days import DayCalendar
-from mes.privacy.capture import Capture
+from mes.privacy.capture import Capture, CapturePolicy
 from mes.storage.rollup import ConversationState, Rollup, advance, take_over
 from mes.storage.rows import ChatRow, ErrorRow, LedgerRow, StatsRow
 from mes.storage.transcript import GAP, Entry, Transcript, align, encode_context, join_context
@@ -70,6 +70,7 @@ class Prepared:
         return (self.conversation_id, self.user_id)
 
 
+_EVENT_ONLY = CapturePolicy()  # full, no rules: what an event asks for alone decides
 Mark = tuple[Capture, dict[str, int]]
 """What ``mes.privacy.Privacy.apply`` decided for an event: its level and redactions."""
 
@@ -79,6 +80,10 @@ def prepare(raw: Mapping[str, Any], calendar: DayCalendar, mark: Mark | None = N
     when ``mark`` says what privacy did to it)."""
     ms = raw["occurred_at"]
     messages = raw.get("messages") or ()
+    if mark is None:  # no operator policy (everything kept): the event may still ask for less
+        asked = raw.get("capture")
+        if asked is not None and asked != "full":
+            mark = (_EVENT_ONLY.level(raw), {})
     return Prepared(
         raw=raw,
         event_id=raw["event_id"],
