@@ -257,7 +257,12 @@ def test_content_retention_erases_old_words_and_keeps_every_count(backend, redis
     errors = reader.get_conversation_errors("conv-old", user_id=1)
     assert errors[0]["error_message"] == "rate limited" and errors[0]["messages"][0]["content"] is None
     assert_consistent(storage)
-    assert expire_content(storage, 30) == {}  # done once: not read again
+    assert expire_content(storage, 30) == {}  # done: nothing new to read
+    late = decoded(chat("conv-late", [{"role": "user", "content": "late " + SECRET}], "late answer"))
+    storage.writer.write([late])  # an event of the old day, arriving after the pass
+    assert found(storage, "late answer")
+    assert sum(expire_content(storage, 30).values()) == 2  # the next pass erases it, and only it
+    assert found(storage, "late answer") == [] and found(storage, "launch code") == []
     from mes.storage.partitions import drop_day
 
     drop_day(storage, dt.date(2026, 1, 15))
@@ -309,3 +314,39 @@ def test_an_event_asks_for_less_when_the_operator_keeps_everything(backend):
     assert found(storage, "asked") == [] and found(storage, "launch code") == []
     assert HistoryReader(storage).get_conversation("conv-ask", user_id=1)["message_count"] == 2
     assert_consistent(storage)
+
+
+def test_a_failing_redactor_keeps_no_words_of_its_event_and_holds_back_no_other(
+    backend, tmp_path, monkeypatch
+):
+    """A plug-in that raises on one event: that event is stored without its content (and the
+    failure logged), the others of the batch as usual."""
+    module = tmp_path / "plugins" / "flaky_redact.py"
+    module.parent.mkdir()
+    module.write_text(
+        "def redact(text):\n    if 'boom' in text:\n        raise ValueError('no')\n    return text\n"
+    )
+    monkeypatch.syspath_prepend(str(module.parent))
+    storage = backend.storage()
+    privacy(storage, MES_REDACTOR="flaky_redact:redact")
+    bad = decoded(chat("conv-flaky", [{"role": "user", "content": "boom " + SECRET}], "x"))
+    good = decoded(chat("conv-fine", [{"role": "user", "content": "fine words"}], "y"))
+    assert storage.writer.write([bad, good]).applied == 2
+    assert found(storage, "boom") == [] and found(storage, "fine words")
+    assert_consistent(storage)
+
+
+def test_a_dead_letter_of_a_metadata_event_keeps_no_words():
+    """What the writer keeps of a metadata-level event the database refused: the contract's
+    shape, ids, tokens and roles, no text; it still decodes (a replay stores it as metadata)."""
+    from mes.privacy.policy import without_content
+
+    event = decoded(error("conv-x", [{"role": "user", "content": SECRET}], message="bad"))
+    event = {**event, "capture": None}
+    chat_event = decoded(chat("conv-x", [{"role": "user", "content": SECRET, "name": "bob"}], SECRET))
+    for ev in (event, chat_event):
+        bare = without_content(ev)
+        assert SECRET not in orjson.dumps(bare).decode() and "bob" not in orjson.dumps(bare).decode()
+        again = decode_event(orjson.dumps(bare))
+        assert again["capture"] == "metadata" and again["event_id"] == ev["event_id"]
+    assert decode_event(orjson.dumps(without_content(chat_event)))["response"]["usage"]["total_tokens"] == 30

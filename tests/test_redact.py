@@ -601,3 +601,15 @@ def test_a_bad_plugin_setting_is_one_line_naming_the_variable(plugin_module, spe
         load_plugin(spec)
     message = str(caught.value)
     assert message.startswith(f"MES_REDACTOR={spec!r}") and says in message and "\n" not in message
+
+
+def test_reasoning_refusal_and_legacy_function_calls_are_redacted():
+    """A reasoning model's thoughts, a refusal and the legacy function_call carry what was said too."""
+    from mes.privacy.redact import Redactor
+
+    message = {"role": "assistant", "content": None, "reasoning_content": "mail bob@example.com",
+               "refusal": "not to bob@example.com", "function_call": {"name": "f", "arguments": '{"to": "bob@example.com"}'}}  # fmt: skip
+    counts = Redactor(["email"]).event({"messages": [message]})
+    assert counts == {"email": 3}
+    assert "bob@example.com" not in str(message)
+    assert message["function_call"]["name"] == "f"

@@ -10,12 +10,13 @@ recognised as stored.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from mes.privacy.capture import Capture, CapturePolicy
 from mes.privacy.redact import Redactor
 
-__all__ = ["Privacy"]
+__all__ = ["Privacy", "without_content"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,13 +26,37 @@ class Privacy:
     policy: CapturePolicy = dataclasses.field(default_factory=CapturePolicy)
     redactor: Redactor | None = None
 
-    @property
-    def redacts(self) -> bool:
-        return self.redactor is not None and self.redactor.active
-
     def apply(self, event: dict[str, Any]) -> tuple[Capture, dict[str, int]]:
         """The level at which to store ``event``, after redacting its texts in place
         (the counts per detector: ``{}`` when nothing was found or redaction is off)."""
         level = self.policy.level(event)
-        counts = self.redactor.event(event) if self.redactor is not None and self.redactor.active else {}
+        counts = self.redactor.event(event) if self.redactor is not None else {}
         return level, counts
+
+
+def _bare(message: Any) -> Any:
+    if not isinstance(message, dict):
+        return message
+    return {"role": message.get("role") or "assistant", "content": None}
+
+
+def without_content(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``event`` with no words: each message (and each answer) keeps only its
+    role; ids, times, model, tokens, the error code and message stay. It still passes the
+    contract, so a replay stores it as what it is, rows without content."""
+    out = {k: v for k, v in event.items() if k not in ("messages", "response")}
+    out["messages"] = [_bare(m) for m in event.get("messages") or ()]
+    response = event.get("response")
+    if isinstance(response, dict):
+        choices = [
+            {
+                **{k: v for k, v in c.items() if k in ("index", "finish_reason")},
+                "message": _bare(c.get("message")),
+            }
+            for c in response.get("choices") or ()
+            if isinstance(c, dict)
+        ]
+        out["response"] = {k: v for k, v in response.items() if k in ("id", "model", "created", "usage")}
+        out["response"]["choices"] = choices
+    out["capture"] = "metadata" if event.get("capture") in (None, "full") else event["capture"]
+    return out

@@ -442,6 +442,10 @@ def _dotted(name: str) -> bool:
     return all(part.isidentifier() for part in name.split("."))
 
 
+# Message fields besides ``content`` that carry what was said.
+_MORE_TEXT = ("reasoning_content", "reasoning", "refusal")
+
+
 class Redactor:
     """Redacts texts with the built-in detectors ``names`` (run in :data:`DETECTORS`'
     order, whatever the order given) and then an optional plug-in. Stateless between
@@ -562,8 +566,13 @@ class Redactor:
                     and isinstance(part.get("text"), str)
                 ):
                     part["text"] = self.text(part["text"], counts)
-        for call in message.get("tool_calls") or ():
-            function = call.get("function") if isinstance(call, dict) else None
+        for key in _MORE_TEXT:  # a reasoning model's thoughts, a refusal: texts like the content
+            value = message.get(key)
+            if isinstance(value, str):
+                message[key] = self.text(value, counts)
+        calls = [*(message.get("tool_calls") or ()), message.get("function_call")]  # (the legacy form too)
+        for call in calls:
+            function = (call.get("function") or call) if isinstance(call, dict) else None
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 function["arguments"] = self._arguments(function["arguments"], counts)
 

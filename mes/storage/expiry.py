@@ -10,10 +10,11 @@ the read API passes on. A conversation that started on an erased day loses its t
 Error rows keep their error (code and message), not the messages they carried.
 
 The workers' maintenance runs it (one worker at a time, under its Redis lock), in bounded
-transactions of ``batch`` rows walked by primary key, logging its progress. A table done
-is recorded in ``mes_content_expired`` and not read again; a table restored from an
-archive leaves that list, so the next pass erases it again. Interrupted, a pass resumes:
-rows already erased are skipped. It needs daily tables (``MES_DAILY_PARTITION=true``).
+transactions of ``batch`` rows walked by primary key, logging its progress. How far each
+table is erased is recorded in ``mes_content_expired``: a later pass reads only the rows
+added since (an event that arrived late, into an old day); a table dropped or restored from
+an archive leaves that list, so a restored one is erased again. Interrupted, a pass
+resumes: rows already erased are skipped. It needs daily tables (``MES_DAILY_PARTITION=true``).
 """
 
 from __future__ import annotations
@@ -49,39 +50,47 @@ def _expired_other(raw: str | None) -> str:
     return orjson.dumps({"content_stored": False, EXPIRED: True, **kept}).decode()
 
 
-def _is_expired(content: Any, other: str | None) -> bool:
-    return content is None and bool(other) and f'"{EXPIRED}":true' in (other or "")
+def _is_expired(empty: bool, other: str | None) -> bool:
+    if not empty or not other:
+        return False
+    try:
+        value = orjson.loads(other)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and value.get(EXPIRED) is True
 
 
-def _expire_table(storage: Storage, table: Table, batch: int) -> int:
-    """Erase the content of every row of ``table``, ``batch`` rows per transaction."""
+def _expire_table(storage: Storage, table: Table, after: int, batch: int) -> tuple[int, int]:
+    """Erase the content of the rows of ``table`` past id ``after``, ``batch`` rows per
+    transaction; returns the rows erased and the last id read."""
     c = table.c
-    erased, last = 0, 0
+    erased, last = 0, after
     values: dict[str, Any] = {"content": None, "other": bindparam("new_other")}
     statement = update(table).where(c.id == bindparam("row_id")).values(values)
+    engine = storage.engine.execution_options(mes_write=True)  # SQLite: BEGIN IMMEDIATE
     while True:
-        with storage.engine.begin() as conn:
-            rows = conn.execute(
-                select(c.id, c.content, c.other).where(c.id > last).order_by(c.id).limit(batch)
-            ).all()
+        with engine.begin() as conn:
+            query = select(c.id, c.content.is_(None).label("empty"), c.other).where(c.id > last)
+            rows = conn.execute(query.order_by(c.id).limit(batch)).all()
             if not rows:
-                return erased
+                return erased, last
             todo = [
                 {"row_id": r.id, "new_other": _expired_other(r.other)}
                 for r in rows
-                if not _is_expired(r.content, r.other)
+                if not _is_expired(bool(r.empty), r.other)
             ]
             if todo:
                 conn.execute(statement, todo)
         erased += len(todo)
         last = rows[-1].id
         if len(rows) < batch:
-            return erased
+            return erased, last
 
 
 def expire_content(storage: Storage, days: int, *, batch: int = 1000) -> dict[str, int]:
     """Erase the content of the days older than ``days`` days before today (in ``TZ``);
-    returns the rows erased per table (tables already done are skipped). ``days`` <= 0, or
+    returns the rows erased per table this pass (a table erased before is read only past
+    the last row erased: a late event written into an old day since). ``days`` <= 0, or
     no daily tables: nothing."""
     if days <= 0 or not storage.catalog.daily:
         return {}
@@ -90,20 +99,26 @@ def expire_content(storage: Storage, days: int, *, batch: int = 1000) -> dict[st
     known = catalog.refresh()
     marker = catalog.content_expired
     with storage.engine.connect() as conn:
-        done = {r[0] for r in conn.execute(select(marker.c.table_name))}
+        done = {r.table_name: (int(r.last_id), int(r.rows)) for r in conn.execute(select(marker))}
     erased: dict[str, int] = {}
     for day in (d for d in catalog.partition_days() if d < cutoff):
         tables = catalog.day_tables(day)
         for table in (tables.chat, tables.error):
-            if table.name not in known or table.name in done:
+            if table.name not in known:
                 continue
-            count = _expire_table(storage, table, batch)
+            after, before = done.get(table.name, (0, 0))
+            count, last = _expire_table(storage, table, after, batch)
+            if table.name in done and last == after:
+                continue  # nothing new since the last pass
             with storage.engine.begin() as conn:
-                conn.execute(
-                    insert(marker).values(table_name=table.name, rows=count, expired_at=int(time.time()))
-                )
-            erased[table.name] = count
-            log.info("content_expired", table=table.name, day=day.isoformat(), rows=count)
+                record = {"last_id": last, "rows": before + count, "expired_at": int(time.time())}
+                if table.name in done:
+                    conn.execute(update(marker).where(marker.c.table_name == table.name).values(record))
+                else:
+                    conn.execute(insert(marker).values(table_name=table.name, **record))
+            if count:
+                erased[table.name] = count
+                log.info("content_expired", table=table.name, day=day.isoformat(), rows=count)
     if erased:
         _untitle(storage, cutoff)
     return erased

@@ -61,8 +61,7 @@ class Prepared:
     answers: list[bytes] = dataclasses.field(default_factory=list)  # ... and of each choice's answer
     choices: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # a chat's, with the answers
     # What the operator's policy keeps of it (``mes.privacy``), and what was redacted from it
-    capture: Capture = Capture.FULL
-    content_kept: bool = True  # capture is FULL
+    content_kept: bool = True  # the capture level is full
     redacted: Mapping[str, int] | None = None  # per detector; None: nothing found
 
     @property
@@ -94,7 +93,6 @@ def prepare(raw: Mapping[str, Any], calendar: DayCalendar, mark: Mark | None = N
         user_id=raw["user_id"],
         model=raw.get("model_name") or "",
         messages=messages,
-        capture=Capture.FULL if mark is None else mark[0],
         content_kept=mark is None or mark[0] == Capture.FULL,
         redacted=None if mark is None else mark[1] or None,
     )

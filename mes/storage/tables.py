@@ -267,12 +267,13 @@ def dead_letters_table(metadata: MetaData, ids: str | None = None) -> Table:
 
 
 def content_expired_table(metadata: MetaData) -> Table:
-    """The history tables whose content ``MES_CONTENT_RETENTION_DAYS`` has erased: each is
-    done once (``storage.expiry``), and read again only when restored from an archive."""
+    """The history tables whose content ``MES_CONTENT_RETENTION_DAYS`` has erased, and how far
+    (``storage.expiry``): a later pass reads only the rows added since (a late event)."""
     return mes_table(
         "mes_content_expired",
         metadata,
         Column("table_name", String(ID_LEN), primary_key=True),
+        Column("last_id", BigInteger, nullable=False, default=0),  # rows up to this id are erased
         Column("rows", BigInteger, nullable=False, default=0),
         Column("expired_at", BigInteger, nullable=False),
     )

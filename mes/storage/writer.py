@@ -40,7 +40,8 @@ from sqlalchemy import Engine
 from mes.days import DayCalendar, date_of_int
 from mes.errors import BatchDataError, ConnectionLost, DatabaseUnavailable
 from mes.log import get_logger
-from mes.privacy.policy import Privacy
+from mes.privacy.capture import Capture
+from mes.privacy.policy import Privacy, without_content
 from mes.storage.bulk import Bulk, ErrorKind, bulk_for
 from mes.storage.catalog import Catalog
 from mes.storage.dead_letters import DeadLetter
@@ -149,7 +150,14 @@ class BatchWriter:
         if self.privacy is None:
             return None
         apply = self.privacy.apply
-        return {id(raw): apply(raw) for raw in events}  # type: ignore[arg-type]  # decoded events are dicts
+        marks: dict[int, Mark] = {}
+        for raw in events:
+            try:
+                marks[id(raw)] = apply(raw)  # type: ignore[arg-type]  # decoded events are dicts
+            except Exception as exc:  # a redaction plug-in failed on this event: keep no words of it
+                log.error("redaction_failed", event_id=_event_id(raw), error=_first_line(exc)[:300])
+                marks[id(raw)] = (Capture.METADATA, {"redaction_failed": 1})
+        return marks
 
     def _write(
         self,
@@ -276,7 +284,13 @@ class BatchWriter:
             first = self._isolate(events[:half], batch_id, culprits, marks)
             return first + self._isolate(events[half:], batch_id, culprits, marks)
         (event,) = events
-        letter = DeadLetter(_serialized(event), why, _event_id(event))
+        mark = None if marks is None else marks.get(id(event))
+        if mark is None or mark[0] == Capture.FULL:
+            payload = _serialized(event)
+        else:  # the policy keeps no words of it: neither does its dead letter
+            payload = _serialized(without_content(event))
+            why += " (kept without its content: capture level below full)"
+        letter = DeadLetter(payload, why, _event_id(event))
         log.warning("event_refused", batch_id=batch_id, event_id=letter.event_id, size=letter.size,
                     reason=why[:300])  # fmt: skip
         culprits.append(letter)
