@@ -270,9 +270,8 @@ class PrivacySettings:
     """What the workers keep of each event (``MES_CAPTURE``, ``MES_CAPTURE_RULES``) and
     what they blank out of its texts first (``MES_REDACT``, ``MES_REDACTOR``)."""
 
-    capture: Capture = Capture.FULL
     capture_rules: str | None = None  # the rules file, read and checked at start-up
-    policy: CapturePolicy = dataclasses.field(default_factory=CapturePolicy)
+    policy: CapturePolicy = dataclasses.field(default_factory=CapturePolicy)  # MES_CAPTURE is its default
     redact: tuple[str, ...] = ()  # the detectors on (MES_REDACT; unset: off)
     redactor: str | None = None  # MES_REDACTOR, package.module:function
 
@@ -287,7 +286,7 @@ class PrivacySettings:
         plugin = _get(env, "MES_REDACTOR") or None
         if plugin is not None:
             load_plugin(plugin)  # fails now, in one line, rather than in the first batch
-        return cls(capture=capture, capture_rules=rules, policy=policy, redact=redact, redactor=plugin)
+        return cls(capture_rules=rules, policy=policy, redact=redact, redactor=plugin)
 
     def build(self) -> Privacy | None:
         """What the writer applies (loads the plug-in); None when it would change nothing
