@@ -64,6 +64,7 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # pydantic into the gateway). A longer line is refused there whatever follows its first
 # bytes, so only those are read and sent: the worker dead-letters it with its reason.
 MAX_LINE_BYTES = 16 << 20
+_SCRUB_CHUNK = 5000  # events per file a scrub writes back
 _REPORTED_MAX = 1000  # names remembered as reported; past it, reported again (the set is bounded)
 
 
@@ -249,21 +250,9 @@ class Spool:
         Raises:
             whatever ``push`` raises (the file is kept for a later try).
         """
-        fd = self._open_ours(file.path)
-        if fd is None:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with self._claimed(file) as fd:
+            if fd is None:
                 return None
-            try:
-                now = os.lstat(file.path)
-            except FileNotFoundError:
-                return None  # re-sent and deleted while we waited
-            opened = os.fstat(fd)
-            if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
-                return None  # the name now holds another file: leave it to a later look
             count = 0
             batch: list[bytes] = []
             size = 0
@@ -279,8 +268,66 @@ class Spool:
                 count += len(batch)
             os.unlink(file.path)
             return count
+
+    @contextlib.contextmanager
+    def _claimed(self, file: SpoolFile) -> Iterator[int | None]:
+        """``file`` opened and locked (``flock``) for this process alone, or None when
+        another process holds it, it vanished, or it is not ours; closed after."""
+        fd = self._open_ours(file.path)
+        if fd is None:
+            yield None
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield None
+                return
+            try:
+                now = os.lstat(file.path)
+            except FileNotFoundError:
+                yield None  # re-sent and deleted while we waited
+                return
+            opened = os.fstat(fd)
+            if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+                yield None  # the name now holds another file: leave it to a later look
+                return
+            yield fd
         finally:
             os.close(fd)
+
+    def scrub(self, file: SpoolFile, drop: Callable[[bytes], bool]) -> int | None:
+        """Remove from a file the events ``drop`` says (an erased user's): the rest go to a
+        new batch file (written as ``write_batch`` does), then the file is deleted; a file
+        left with nothing is just deleted. Returns the events removed, or None when another
+        process holds the file (it is being re-sent: the worker drops them, see
+        ``mes.storage.erase``), it vanished, or it is not ours.
+
+        Memory: ``_SCRUB_CHUNK`` events at a time (an overflow file can hold a flood's
+        worth): read once to find them, once more to write the rest."""
+        name = os.path.basename(file.path)
+        with self._claimed(file) as fd:
+            if fd is None:
+                return None
+            if not any(drop(line) for line in self._lines(fd, name)):
+                return 0
+            os.lseek(fd, 0, os.SEEK_SET)
+            kept: list[bytes] = []
+            dropped = written = 0
+            for line in self._lines(fd, name):
+                if drop(line):
+                    dropped += 1
+                    continue
+                kept.append(line)
+                if len(kept) >= _SCRUB_CHUNK:
+                    self.write_batch(kept)
+                    written, kept = written + len(kept), []
+            if kept:
+                self.write_batch(kept)
+                written += len(kept)
+            os.unlink(file.path)
+            log.info("spool_scrubbed", file=name, removed=dropped, kept=written)
+            return dropped
 
     def _open_ours(self, path: str) -> int | None:
         """``path`` opened for reading if it is plainly ours, else None (logged)."""

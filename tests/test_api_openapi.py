@@ -199,7 +199,7 @@ def test_the_spec_declares_new_apis_security_and_types_every_json_answer():
     }  # fmt: skip
     assert (schemes["newApiUser"]["in"], schemes["newApiUser"]["name"]) == ("header", "New-Api-User")
     operations = [(path, method, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
-    assert len(operations) == 10
+    assert len(operations) == 12
     for path, method, op in operations:
         where = f"{method.upper()} {path}"
         if path.startswith("/api/"):

@@ -18,7 +18,7 @@ from mes.api import docs, openapi
 from mes.api.deps import JSONResponse
 from mes.api.handlers import install_error_handlers
 from mes.api.middleware import install_metrics
-from mes.api.routes import conversations, errors, ingest, operations, stats
+from mes.api.routes import audit, conversations, errors, ingest, operations, stats, users
 from mes.api.services import Services
 from mes.config.settings import Settings
 from mes.metrics import register_queue_collector
@@ -79,6 +79,8 @@ def _routers() -> list[APIRouter]:
         errors.router(),
         stats.router(),
         operations.router(),
+        audit.router(),
+        users.router(),
         conversations.id_router(),
         ingest.router(),
     ]

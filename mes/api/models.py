@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AuditEntry",
+    "AuditList",
     "ConversationErrors",
     "ConversationList",
     "ConversationRead",
@@ -143,6 +145,24 @@ class Deleted(_Closed):
     deleted: Literal[True]
 
 
+class Erasure(_Closed):
+    """What erasing a user removed (``dry_run``: would remove)."""
+
+    object: Literal["erasure"]
+    user_id: int
+    dry_run: bool
+    resumed: bool = Field(description="an earlier erasure of this user had not finished")
+    before_ms: int = Field(description="events of the user from before this time are not stored (0: dry run)")
+    conversations: int
+    chat_rows: int
+    error_rows: int
+    stats_rows: int
+    dead_letters: int
+    stray_rows: int
+    spool_events: int = Field(description="removed from this server's spool folder")
+    queued_events: int = Field(description="removed from the batches waiting in Redis")
+
+
 class Stats(_Closed):
     """Totals from the daily rollups; they equal a recount of the rows."""
 
@@ -193,6 +213,31 @@ class ConversationErrors(_Closed):
     object: Literal["list"]
     conversation_id: str
     errors: list[ErrorRecord]
+
+
+# -- audit ---------------------------------------------------------------------------------
+class AuditEntry(_Closed):
+    """One read or deletion of a user's history by someone else (``mes_audit``)."""
+
+    id: int = Field(description="the entry's id (the cursor for `after`)")
+    object: Literal["audit.entry"]
+    at: int = Field(description="unix seconds")
+    at_ms: int
+    actor: str = Field(description="`user:<id>` (an admin), `operator` (the operator key) or `cli`")
+    actor_user_id: int | None
+    action: Literal["read", "delete", "erase"]
+    target_user_id: int = Field(description="whose history")
+    resource: str = Field(description="`conversations`, `conversation:<id>`, `errors`, `stats` or `user`")
+    client: str | None = Field(description="the caller's address; `cli` from the command line")
+    detail: dict[str, Any] | None = Field(description="what else: a view, a count; never content")
+
+
+class AuditList(_Closed):
+    object: Literal["list"]
+    entries: list[AuditEntry]
+    has_more: bool
+    last_id: int | None
+    limit: int
 
 
 # -- ingest --------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from mes import __version__
-from mes.cli import database, doctor, partitions, replay, service, stats
+from mes.cli import database, doctor, erase, partitions, replay, service, stats
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,5 +31,6 @@ for command in (
     partitions.partitions,
     doctor.doctor,
     stats.stats,
+    erase.erase,
 ):
     main.add_command(command)

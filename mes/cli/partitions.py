@@ -125,4 +125,6 @@ def partitions_restore(path: str) -> None:
             counts = restore_archive(storage, path, progress=bar.update)
     finally:
         storage.close()
-    click.echo(f"restored {sum(counts.values())} rows from {path}")
+    erased = counts.pop("erased", 0)
+    click.echo(f"restored {sum(counts.values())} rows from {path}"
+               + (f"; left out {erased} of users erased since" if erased else ""))  # fmt: skip

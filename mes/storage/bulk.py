@@ -131,6 +131,10 @@ class Bulk:
     def lock_suffix(self) -> str:
         return " FOR UPDATE"
 
+    def share_suffix(self) -> str:
+        """A shared row lock: other readers share it, a writer of the row waits for them."""
+        return " FOR SHARE"
+
     def by_key(self) -> str:
         """What follows a table's name to make a locking read go by its primary key."""
         return ""
@@ -238,6 +242,9 @@ class MySQLBulk(Bulk):
 
     def begin(self, dbapi_conn: Any) -> None:
         dbapi_conn.begin()
+
+    def share_suffix(self) -> str:
+        return " LOCK IN SHARE MODE"  # MariaDB has no FOR SHARE (MySQL 8 has both)
 
     def by_key(self) -> str:
         # With a long IN list InnoDB may choose to scan the table, and a locking scan waits
@@ -428,6 +435,9 @@ class SQLiteBulk(Bulk):
 
     def lock_suffix(self) -> str:
         return ""
+
+    def share_suffix(self) -> str:
+        return ""  # one writer at a time already (BEGIN IMMEDIATE)
 
     def classify(self, exc: BaseException) -> str | None:
         import sqlite3

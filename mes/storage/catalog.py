@@ -14,8 +14,8 @@ import datetime as dt
 import threading
 from collections.abc import Iterable
 
-from sqlalchemy import Engine, MetaData, Table, inspect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine, MetaData, Table, insert, inspect, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from mes.days import date_of_int
@@ -27,13 +27,16 @@ from mes.storage.tables import (
     ERROR_BASE,
     LEDGER_BASE,
     DayTables,
+    audit_table,
     chat_table,
     content_expired_table,
     conversations_table,
     daily_stats_table,
     dead_letters_table,
+    erasures_table,
     error_table,
     parse_day_suffix,
+    write_gate_table,
 )
 
 __all__ = ["Catalog", "exact_collation"]
@@ -59,6 +62,9 @@ class Catalog:
         self.daily_stats = daily_stats_table(self.metadata, ids)
         self.dead_letters = dead_letters_table(self.metadata, ids)
         self.content_expired = content_expired_table(self.metadata)
+        self.audit = audit_table(self.metadata, ids)
+        self.erasures = erasures_table(self.metadata)
+        self.write_gate = write_gate_table(self.metadata)
         self._days: dict[dt.date | None, DayTables] = {}
         self._known: set[str] = set()
         self._lock = threading.Lock()
@@ -100,10 +106,24 @@ class Catalog:
     def ensure_base(self) -> None:
         """Create the fixed tables (and the plain history tables when not partitioned)."""
         self.refresh()
-        fixed = [self.conversations, self.daily_stats, self.dead_letters, self.content_expired]
+        fixed = [self.conversations, self.daily_stats, self.dead_letters, self.content_expired, self.audit]
+        fixed += [self.erasures, self.write_gate]
         if not self.daily:
             fixed.extend(self.day_tables(None).chat_error_ledger())
         self._create(fixed)
+        self._seed_gate()
+
+    def _seed_gate(self) -> None:
+        """The write gate's one row (``tables.write_gate_table``), made once."""
+        gate = self.write_gate
+        with self.engine.connect() as conn:
+            if conn.execute(select(gate.c.id).where(gate.c.id == 1)).first() is not None:
+                return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(gate).values(id=1, erasures=0))
+        except IntegrityError:  # another process made it first
+            pass
 
     def ensure_days(self, days: Iterable[dt.date]) -> None:
         """Make sure every day's tables exist; one catalog round trip per unseen day."""

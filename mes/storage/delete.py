@@ -19,13 +19,19 @@ from mes.storage.rollup import Tally, apply_rollup
 if TYPE_CHECKING:
     from mes.storage import Storage
 
-__all__ = ["delete_conversation"]
+__all__ = ["delete_conversation", "delete_conversation_rows"]
 
 
 def delete_conversation(storage: Storage, user_id: int, conversation_id: str) -> bool:
     """Delete a conversation from the history and error tables of every day it spans,
     the index and the rollups, in one transaction. False if ``user_id`` has no such
     conversation (another user's looks exactly like none). Repeating it is harmless."""
+    return delete_conversation_rows(storage, user_id, conversation_id) is not None
+
+
+def delete_conversation_rows(storage: Storage, user_id: int, conversation_id: str) -> tuple[int, int] | None:
+    """``delete_conversation``, returning the (chat, error) rows it deleted; None for no
+    such conversation."""
     catalog, calendar = storage.catalog, storage.calendar
     conv_t = catalog.conversations
     lock = conv_t.c.conversation_id == conversation_id, conv_t.c.user_id == user_id
@@ -36,10 +42,11 @@ def delete_conversation(storage: Storage, user_id: int, conversation_id: str) ->
             query = query.with_for_update()
         conv = conn.execute(query).first()
         if conv is None:
-            return False
+            return None
         days = [int(d) for d in conv.days.split(",") if d]
         gone = Tally(calendar)  # what the rows contributed
         gone.rollup.conversation(user_id, day_int(calendar.day_of(conv.first_at_ms)), conv.first_model)
+        chat_rows = error_rows = 0
         for table in catalog.history_tables(days, "chat"):
             c = table.c
             mine = (c.conversation_id == conversation_id, c.user_id == user_id)
@@ -53,6 +60,7 @@ def delete_conversation(storage: Storage, user_id: int, conversation_id: str) ->
             )
             for model, ms, eid, p, comp, t in conn.execute(select(*cols).where(*mine)):
                 gone.chat(user_id, model, ms, eid, (p, comp, t))
+                chat_rows += 1
             conn.execute(delete(table).where(*mine))
         for table in catalog.history_tables(days, "error"):
             c = table.c
@@ -61,7 +69,8 @@ def delete_conversation(storage: Storage, user_id: int, conversation_id: str) ->
                 select(c.model_name, c.created_at_ms, c.event_id).where(*mine)
             ):
                 gone.error(user_id, model, ms, eid)
+                error_rows += 1
             conn.execute(delete(table).where(*mine))
         apply_rollup(conn, catalog.daily_stats, gone.rollup.negated())
         conn.execute(delete(conv_t).where(*lock))
-    return True
+    return chat_rows, error_rows

@@ -284,6 +284,10 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
     batch: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
     legacy = "ordinal" not in columns["chat"]  # archived before transcripts (storage.migrate)
     numbers: dict[tuple[str, int], list[int]] = {}  # legacy rows: [last ordinal, last position]
+    marks = storage.catalog.erasures
+    with storage.engine.connect() as conn:  # users erased since (storage.erase): not brought back
+        erased = {int(u): int(b) for u, b in conn.execute(select(marks.c.user_id, marks.c.before_ms))}
+    skipped = 0
     with storage.engine.begin() as conn:
 
         def flush(kind: str) -> None:
@@ -297,6 +301,11 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
                 item = orjson.loads(line)
                 kind = item["t"]
                 row = dict(zip(columns[kind], item["r"], strict=True))
+                if kind != "ledger" and row["created_at_ms"] < erased.get(row["user_id"], -1):
+                    skipped += 1
+                    if progress is not None:
+                        progress(1)
+                    continue
                 if kind == "chat" and legacy:
                     _number_legacy(conn, storage, row, numbers)
                 batch[kind].append(row)
@@ -326,5 +335,7 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
             ).first()
             olds[key] = ConversationState.from_row(found) if found is not None else None
         _rewrite(conn, storage, olds, day_int(day))
+    if skipped:
+        counts["erased"] = skipped  # rows of users erased after the archive was made
     log.info("partition_restored", day=day.isoformat(), path=path, rows=counts)
     return counts

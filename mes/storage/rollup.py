@@ -39,6 +39,7 @@ __all__ = [
     "Tally",
     "advance",
     "apply_rollup",
+    "forget_user",
     "conversation_title",
     "forget_day",
     "recount_conversation",
@@ -159,6 +160,12 @@ def forget_day(conn: Connection, stats: Table, day: int) -> None:
     """A dropped day's rollups go whole (its conversations are then rewritten by
     :func:`rewrite_conversations`, which moves their "conversations" counts)."""
     conn.execute(delete(stats).where(stats.c.day == day))
+
+
+def forget_user(conn: Connection, stats: Table, user_id: int) -> int:
+    """An erased user's rollups (``storage.erase``) go whole, once their conversations
+    have: what is left is what rows no conversation reached had added. Returns the rows."""
+    return int(conn.execute(delete(stats).where(stats.c.user_id == user_id)).rowcount or 0)
 
 
 # -- conversations ---------------------------------------------------------------------

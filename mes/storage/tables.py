@@ -19,6 +19,12 @@ And, not partitioned:
 * ``mes_daily_stats``: (user, day, model) → messages, conversations, tokens, errors.
 * ``mes_dead_letters``: events that cannot be stored, with the reason and raw payload.
 * ``mes_content_expired``: the daily tables whose content has been erased (content retention).
+* ``mes_erasures``: the users erased (``mes erase``), and since when: a worker stores nothing
+  of an event of theirs that happened before (see ``storage.erase``).
+* ``mes_write_gate``: one row every writer's transaction reads under a shared lock, and an
+  erasure updates, so that no batch begun before an erasure writes after it.
+* ``mes_audit``: who read or deleted another user's history, what, when and from where
+  (``storage.audit``); kept when that user is erased.
 
 Names of daily tables come only from :func:`day_suffix` of a ``datetime.date``, never
 from text a user sent.
@@ -276,6 +282,55 @@ def content_expired_table(metadata: MetaData) -> Table:
         Column("last_id", BigInteger, nullable=False, default=0),  # rows up to this id are erased
         Column("rows", BigInteger, nullable=False, default=0),
         Column("expired_at", BigInteger, nullable=False),
+    )
+
+
+def audit_table(metadata: MetaData, ids: str | None = None) -> Table:
+    """Each read or deletion of one user's history by someone else (``storage.audit``):
+    who (``actor``: ``user:7``, ``operator``, ``cli``), what, when and from where. Never
+    content; kept when the user is erased (what was done to their history stays known)."""
+    return mes_table(
+        "mes_audit",
+        metadata,
+        Column("id", AutoId, primary_key=True, autoincrement=True),
+        Column("at_ms", BigInteger, nullable=False),
+        Column("actor", String(64), nullable=False),
+        Column("actor_user_id", Integer),
+        Column("action", String(32), nullable=False),  # read, delete, erase
+        Column("target_user_id", Integer, nullable=False),
+        # conversations, conversation:<id>, errors, stats, user
+        Column("resource", exact_string(ID_LEN, ids), nullable=False),
+        Column("client", String(64)),  # the caller's address; "cli" from the shell
+        Column("detail", Text),  # short JSON: {"rows": 12}; never content
+        Index("ix_mes_audit_target", "target_user_id", "at_ms"),
+        Index("ix_mes_audit_at", "at_ms"),
+    )
+
+
+def erasures_table(metadata: MetaData) -> Table:
+    """The users ``mes erase`` erased (``storage.erase``): a writer stores nothing of an event
+    of ``user_id`` that happened before ``before_ms``, whenever it arrives (the queue, a
+    spool, a replayed dead letter). ``report``: what the last run removed (JSON)."""
+    return mes_table(
+        "mes_erasures",
+        metadata,
+        Column("user_id", Integer, primary_key=True, autoincrement=False),
+        Column("before_ms", BigInteger, nullable=False),
+        Column("started_at", BigInteger, nullable=False),
+        Column("finished_at", BigInteger),  # NULL: begun, not finished (run it again to resume)
+        Column("report", Text),
+    )
+
+
+def write_gate_table(metadata: MetaData) -> Table:
+    """One row (``id`` 1): ``erasures`` counts the erasures begun. Every batch's transaction
+    reads it under a shared lock first; an erasure's update waits for the batches under
+    way and holds back new ones until its marker is committed (``storage.erase``)."""
+    return mes_table(
+        "mes_write_gate",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("erasures", BigInteger, nullable=False, default=0),
     )
 
 

@@ -2,7 +2,9 @@
 
 One transaction per batch:
 
-1. which event ids the ledger already holds (those are skipped: exactly once);
+1. the write gate, under a shared lock held to the commit: the users erased, whose events
+   from before their erasure are dropped (``storage.erase``); which event ids the ledger
+   already holds (those are skipped: exactly once);
 2. claim the conversations the rest touch, without waiting (``Bulk.claim``); events of a
    conversation that another batch is writing at this moment are left for a second
    transaction after this one commits (which waits for its claims), so two workers whose
@@ -79,6 +81,7 @@ class WriteResult:
     dead_lettered: int = 0
     attempts: int = 0
     deferred: int = 0  # events left for a second transaction: another batch had their chat
+    erased: int = 0  # events of a user erased after they happened (storage.erase): not stored
 
     def __add__(self, other: WriteResult) -> WriteResult:
         return WriteResult(
@@ -126,6 +129,8 @@ class BatchWriter:
         # What is kept of each event and redacted from it (the worker sets it: mes.privacy);
         # None: everything, as sent.
         self.privacy: Privacy | None = None
+        # The erased users (user id -> before_ms) as of the gate's count: see ``_erasures``
+        self._gate: tuple[int, dict[int, int]] = (-1, {})
 
     # -- public ----------------------------------------------------------------------
     def write(
@@ -347,8 +352,14 @@ class BatchWriter:
             bulk.begin(conn.driver_connection)
             cur = conn.cursor()
             now_s = self.calendar.now_ms() // 1000
+            erasures = self._erasures(cur)  # first: under the gate's shared lock
             applied = self._ledger_hits(cur, prepared)
             fresh = [ev for ev in prepared if ev.event_id not in applied]
+            erased = 0
+            if erasures:
+                kept = [ev for ev in fresh if ev.ms >= erasures.get(ev.user_id, -1)]
+                erased, fresh = len(fresh) - len(kept), kept
+                dead = [d for d in dead if not _of_erased(d.payload, erasures)]
             keys = sorted({ev.key for ev in fresh})
             busy = bulk.claim(cur, keys, wait=not defer)
             if busy and defer:
@@ -401,7 +412,8 @@ class BatchWriter:
         else:
             conn.close()
             result.applied += plan.applied
-            result.duplicates += len(prepared) - len(fresh) - len(later)
+            result.duplicates += len(prepared) - len(fresh) - len(later) - erased
+            result.erased += erased
             result.rows += plan.chat_row_count
             result.error_rows += plan.error_row_count
             result.dead_lettered += len(dead)
@@ -445,6 +457,24 @@ class BatchWriter:
             cur.execute(head + self.bulk.marks(len(chunk)) + tail, tuple(chunk))
             out.extend(cur.fetchall())
         return out
+
+    def _erasures(self, cur: Any) -> dict[int, int]:
+        """The erased users and since when (``storage.erase``), read under a shared lock on
+        the write gate that this transaction holds to its end: an erasure's update of the
+        gate waits for it, and a transaction begun after the erasure sees its marker. The
+        markers are read again only when the gate's count has moved."""
+        q = self.bulk.q
+        cur.execute(
+            f"SELECT {q('erasures')} FROM {q('mes_write_gate')} WHERE {q('id')} = 1{self.bulk.share_suffix()}"
+        )
+        row = cur.fetchone()
+        count = int(row[0]) if row else 0
+        seen, erased = self._gate
+        if count != seen:
+            cur.execute(f"SELECT {q('user_id')}, {q('before_ms')} FROM {q('mes_erasures')}")
+            erased = {int(user): int(before) for user, before in cur.fetchall()}
+            self._gate = (count, erased)
+        return erased
 
     def _ledger_hits(self, cur: Any, prepared: Iterable[Prepared]) -> set[str]:
         by_day: dict[Any, list[str]] = {}
@@ -520,6 +550,21 @@ def _serialized(event: Mapping[str, Any]) -> bytes:
         return orjson.dumps(event)
     except (TypeError, orjson.JSONEncodeError):  # not from the wire: keep what can be shown
         return repr(event).encode("utf-8", "replace")
+
+
+def _of_erased(payload: bytes, erasures: Mapping[int, int]) -> bool:
+    """Whether a dead letter's payload is an event of an erased user from before the
+    erasure (one without a readable time counts as before)."""
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(event, dict):
+        return False
+    user, at = event.get("user_id"), event.get("occurred_at")
+    if not isinstance(user, int) or user not in erasures:
+        return False
+    return not isinstance(at, int) or at < erasures[user]
 
 
 def _event_id(event: Mapping[str, Any]) -> str | None:

@@ -1,5 +1,8 @@
 """The conversations: the caller's list, and one conversation (its transcript, one
-request's context, its failed requests, deleting it)."""
+request's context, its failed requests, deleting it).
+
+Another user's history (an admin's, the operator key's) is audited once its user is
+known, before it is read or deleted (``routes.audit.record_access``)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from mes.api.auth import Principal
 from mes.api.deps import Caller, services_of
 from mes.api.openapi import AUTH_STATUSES, responses, secured
 from mes.api.params import ApiError, check_text, parse_time_ms, scope_user
+from mes.api.routes.audit import record_access
 from mes.api.routing import (
     MAX_LIST,
     MAX_MESSAGES,
@@ -80,16 +84,19 @@ def list_router() -> APIRouter:
         svc = services_of(request)
         uid = scope_user(caller, user_id)
         assert uid is not None
+        cursor, wanted = check_text("after", after), check_text("model", model)
+        since_ms, until_ms = parse_time_ms("since", since), parse_time_ms("until", until)
+        record_access(request, caller, uid, action="read", resource="conversations")
         try:
             page = svc.reader.get_user_conversations(
                 uid,
                 limit,
                 offset,
-                after=check_text("after", after),
+                after=cursor,
                 order=order,
-                model=check_text("model", model),
-                since_ms=parse_time_ms("since", since),
-                until_ms=parse_time_ms("until", until),
+                model=wanted,
+                since_ms=since_ms,
+                until_ms=until_ms,
             )
         except BadCursor as exc:
             raise ApiError(400, str(exc), "bad_cursor") from None
@@ -130,6 +137,9 @@ def id_router() -> APIRouter:
         """The conversation's failed requests, newest first."""
         svc = services_of(request)
         owner = _owner_of(svc, caller, conversation_id, user_id)
+        if owner is not None:
+            record_access(request, caller, owner, action="read", resource=f"conversation:{conversation_id}",
+                          detail={"view": "errors"})  # fmt: skip
         errors = (
             svc.reader.get_conversation_errors(conversation_id, user_id=owner, limit=limit)
             if owner is not None
@@ -168,8 +178,11 @@ def id_router() -> APIRouter:
         owner = _owner_of(svc, caller, conversation_id, user_id)
         if owner is None:
             raise _not_found()
+        check_text("request", request_id)
+        view = None if request_id is None else {"view": "request", "request": request_id}
+        record_access(request, caller, owner, action="read", resource=f"conversation:{conversation_id}",
+                      detail=view)  # fmt: skip
         if request_id is not None:
-            check_text("request", request_id)
             context = svc.reader.get_request_context(conversation_id, request_id, user_id=owner)
             if context is None:
                 raise _not_found()
@@ -196,6 +209,8 @@ def id_router() -> APIRouter:
         user's conversation answers 404, exactly as one that does not exist."""
         svc = services_of(request)
         owner = _owner_of(svc, caller, conversation_id, user_id)
+        if owner is not None:
+            record_access(request, caller, owner, action="delete", resource=f"conversation:{conversation_id}")
         if owner is None or not delete_user_conversation(svc.reader.storage, owner, conversation_id):
             raise _not_found()
         log.info("conversation_deleted", conversation_id=conversation_id, user_id=owner, by=caller.user_id)

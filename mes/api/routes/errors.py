@@ -11,6 +11,7 @@ from mes.api import models as m
 from mes.api.deps import Caller, services_of
 from mes.api.openapi import AUTH_STATUSES, responses, secured
 from mes.api.params import ApiError, check_text, parse_time_ms, scope_user
+from mes.api.routes.audit import record_access
 from mes.api.routing import MAX_LIST, After, Model, RenderedRoute, Since, Until, UserId
 from mes.reader import BadCursor
 
@@ -42,15 +43,12 @@ def router() -> APIRouter:
         svc = services_of(request)
         uid = scope_user(caller, user_id)
         assert uid is not None
+        cursor, wanted = check_text("after", after), check_text("model", model)
+        since_ms, until_ms = parse_time_ms("since", since), parse_time_ms("until", until)
+        record_access(request, caller, uid, action="read", resource="errors")  # another user's: audited
         try:
             page = svc.reader.get_user_errors(
-                uid,
-                limit,
-                offset,
-                after=check_text("after", after),
-                model=check_text("model", model),
-                since_ms=parse_time_ms("since", since),
-                until_ms=parse_time_ms("until", until),
+                uid, limit, offset, after=cursor, model=wanted, since_ms=since_ms, until_ms=until_ms
             )
         except BadCursor as exc:
             raise ApiError(400, str(exc), "bad_cursor") from None

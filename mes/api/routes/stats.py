@@ -10,6 +10,7 @@ from mes.api import models as m
 from mes.api.deps import Caller, services_of
 from mes.api.openapi import AUTH_STATUSES, responses, secured
 from mes.api.params import parse_day, scope_user
+from mes.api.routes.audit import record_access
 from mes.api.routing import RenderedRoute, UserId
 
 __all__ = ["router"]
@@ -36,9 +37,9 @@ def router() -> APIRouter:
         svc = services_of(request)
         uid = scope_user(caller, user_id)
         assert uid is not None
-        result = svc.reader.get_conversation_stats(
-            uid, since=parse_day("since", since), until=parse_day("until", until)
-        )
+        first, last = parse_day("since", since), parse_day("until", until)
+        record_access(request, caller, uid, action="read", resource="stats")  # another user's: audited
+        result = svc.reader.get_conversation_stats(uid, since=first, until=last)
         return {**result, "user_id": uid}
 
     return router
