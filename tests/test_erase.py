@@ -55,6 +55,7 @@ def _history(storage: Storage) -> None:
             chat("c5b", [{"role": "user", "content": f"{SECRET} other"}], "fine", user_id=5, model="m2"),
             error("c5a", [{"role": "user", "content": f"{SECRET} failed"}], user_id=5, ms=BASE_MS + 5_000),
             chat("c6", [{"role": "user", "content": KEPT}], f"{KEPT} reply", user_id=6),
+            chat("c5c", [{"role": "user", "content": "not kept"}], "x", user_id=5, capture="none"),
         ],
         [
             DeadLetter(
@@ -73,7 +74,7 @@ def _rows_of(storage: Storage, user_id: int) -> dict[str, int]:
     with storage.engine.connect() as conn:
         for name in sorted(storage.catalog.refresh()):
             if name.startswith(("conversation_histories", "error_conversation_histories", "mes_conversations",
-                                "mes_daily_stats")):  # fmt: skip
+                                "mes_daily_stats", "mes_uncaptured")):  # fmt: skip
                 n = conn.execute(text(f"SELECT count(*) FROM {q(name)} WHERE user_id = :u"), {"u": user_id})
                 out[name] = int(n.scalar_one())
     return {k: v for k, v in out.items() if v}
@@ -100,12 +101,14 @@ def test_erase_leaves_no_row_or_byte_of_the_user_and_others_untouched(backend, r
     assert found(storage, "erase-me") and _rows_of(storage, 5)
 
     dry = erase(storage, 5, dry_run=True, redis=redis, queue_name="erase-test", spool_dir=spool.directory)
-    assert (dry.conversations, dry.chat_rows, dry.error_rows, dry.dead_letters) == (2, 6, 1, 2)
+    assert (dry.conversations, dry.chat_rows, dry.error_rows, dry.dead_letters) == (3, 6, 1, 2)
+    assert dry.counted_events == 1
     assert (dry.queued_events, dry.spool_events) == (2, 1)
     assert found(storage, "erase-me") and redis.llen(keys.batch("b1")) == 2  # nothing changed
 
     report = erase(storage, 5, redis=redis, queue_name="erase-test", spool_dir=spool.directory)
-    assert (report.conversations, report.chat_rows, report.error_rows, report.dead_letters) == (2, 6, 1, 2)
+    assert (report.conversations, report.chat_rows, report.error_rows, report.dead_letters) == (3, 6, 1, 2)
+    assert report.counted_events == 1
     assert report.stats_rows == dry.stats_rows > 0 and report.stray_rows == 0
     assert (report.queued_events, report.spool_events) == (2, 1)
     assert _rows_of(storage, 5) == {}
@@ -200,7 +203,7 @@ def test_an_interrupted_erasure_resumes(backend, monkeypatch):
     assert marker is not None and marker["finished_at"] is None
     monkeypatch.setattr(erase_module, "delete_conversation_rows", real)
     report = erase(storage, 5)
-    assert report.resumed and report.conversations == 1
+    assert report.resumed and report.conversations == 2
     assert _rows_of(storage, 5) == {} and found(storage, "erase-me") == []
     assert_consistent(storage)
 
@@ -234,7 +237,7 @@ def test_mes_erase_command_dry_run_then_erase(backend, tmp_path):
     assert found(storage, "erase-me")
     done = runner.invoke(cli, ["erase", "--user", "5"], env=env)
     assert done.exit_code == 0, done.output
-    assert "removed" in done.output and "2  conversations" in done.output
+    assert "removed" in done.output and "3  conversations" in done.output
     assert _rows_of(storage, 5) == {} and found(storage, "erase-me") == []
     with storage.engine.connect() as conn:
         entries = conn.execute(select(storage.catalog.audit)).all()

@@ -257,11 +257,11 @@ def test_content_retention_erases_old_words_and_keeps_every_count(backend, redis
     errors = reader.get_conversation_errors("conv-old", user_id=1)
     assert errors[0]["error_message"] == "rate limited" and errors[0]["messages"][0]["content"] is None
     assert_consistent(storage)
-    assert expire_content(storage, 30) == {}  # done: nothing new to read
+    assert expire_content(storage, 30).rows == {}  # done: nothing new to read
     late = decoded(chat("conv-late", [{"role": "user", "content": "late " + SECRET}], "late answer"))
     storage.writer.write([late])  # an event of the old day, arriving after the pass
     assert found(storage, "late answer")
-    assert sum(expire_content(storage, 30).values()) == 2  # the next pass erases it, and only it
+    assert sum(expire_content(storage, 30).rows.values()) == 2  # the next pass erases it, and only it
     assert found(storage, "late answer") == [] and found(storage, "launch code") == []
     from mes.storage.partitions import drop_day
 
@@ -350,3 +350,134 @@ def test_a_dead_letter_of_a_metadata_event_keeps_no_words():
         again = decode_event(orjson.dumps(bare))
         assert again["capture"] == "metadata" and again["event_id"] == ev["event_id"]
     assert decode_event(orjson.dumps(without_content(chat_event)))["response"]["usage"]["total_tokens"] == 30
+
+
+def _rows(storage: Storage, base: str) -> int:
+    q = storage.engine.dialect.identifier_preparer.quote
+    with storage.engine.connect() as conn:
+        return sum(
+            int(conn.execute(text(f"SELECT count(*) FROM {q(name)}")).scalar_one())
+            for name in storage.catalog.refresh()
+            if name.startswith(base)
+        )
+
+
+def test_none_keeps_no_message_row_only_counts_and_the_rollups_equal_a_recount(backend):
+    """MES_CAPTURE=none: no history or error row at all, no byte of content; the index
+    and rollups count the requests, messages and tokens, recounted from mes_uncaptured;
+    a re-sent turn is counted once; deleting the conversation leaves nothing."""
+    storage = backend.storage()
+    privacy(storage, MES_CAPTURE="none")
+    events = [*two_turns("conv-none"), decoded(error("conv-none", [{"role": "user", "content": SECRET}]))]
+    result = storage.writer.write(events)
+    assert result.applied == 3 and result.rows == 0 and result.error_rows == 0
+    assert (
+        _rows(storage, "conversation_histories") == 0 and _rows(storage, "error_conversation_histories") == 0
+    )
+    assert _rows(storage, "mes_uncaptured") == 3
+    assert (
+        found(storage, "launch code") == [] and found(storage, "丁香") == [] and found(storage, EMAIL) == []
+    )
+    conv = HistoryReader(storage).get_conversation("conv-none", user_id=1)
+    # the first request stored its message and answer, the second its 2 new ones and answer
+    assert conv is not None and conv["message_count"] == 4 and conv["title"] == ""
+    assert conv["total_tokens"] == 60 and conv["error_count"] == 1
+    assert_consistent(storage)
+    from mes.storage.delete import delete_conversation
+
+    assert delete_conversation(storage, 1, "conv-none")
+    assert _rows(storage, "mes_uncaptured") == 0
+    assert HistoryReader(storage).get_conversation("conv-none", user_id=1) is None
+    assert_consistent(storage)
+
+
+def test_none_and_full_in_one_conversation_stay_exact_through_drop_archive_restore(backend, tmp_path):
+    """A conversation with requests at every level, across two days: a recount equals the
+    index and rollups after writing, archiving and dropping a day, and restoring it."""
+    from mes.storage.partitions import archive_day, restore_archive
+
+    rules = tmp_path / "capture.toml"
+    rules.write_text('[[rule]]\ncapture = "none"\nuser_id = [9]\n')
+    storage = backend.storage()
+    privacy(storage, MES_CAPTURE_RULES=str(rules))
+    day2 = BASE_MS + 86_400_000
+    events = [
+        *two_turns("mixed", user_id=9),
+        *two_turns("mixed", user_id=8),
+        decoded(
+            chat("mixed", [{"role": "user", "content": "later"}], "ok", user_id=8, ms=day2, capture="none")
+        ),
+        decoded(chat("mixed", [{"role": "user", "content": "later"}], "ok", user_id=9, ms=day2)),
+    ]
+    storage.writer.write(events)
+    assert found(storage, "launch code")  # user 8's full requests
+    assert_consistent(storage)
+    day = storage.calendar.day_of(BASE_MS)
+    path = str(tmp_path / "day.jsonl.gz")
+    counts = archive_day(storage, day, path)
+    assert counts["uncaptured"] == 2
+    assert_consistent(storage)
+    restored = restore_archive(storage, path)
+    assert restored["uncaptured"] == 2
+    assert_consistent(storage)
+    assert HistoryReader(storage).get_conversation("mixed", user_id=9)["message_count"] == 6
+
+
+def _dead(storage: Storage) -> list[tuple[bytes, str]]:
+    with storage.engine.connect() as conn:
+        return [(bytes(p), r) for p, r in conn.execute(text("SELECT payload, reason FROM mes_dead_letters"))]
+
+
+def test_dead_letters_keep_no_more_than_the_policy_allows(backend):
+    """What the worker could not decode goes through the same policy: an event that reads
+    as one is kept at its level (a misspelt capture level included: it counts as
+    metadata), or redacted; bytes the rules cannot be applied to are kept only when no
+    event may be kept at less than full. The fingerprint stays the raw payload's."""
+    from mes.storage import DeadLetter
+
+    storage = backend.storage()
+    invalid = orjson.dumps({"user_id": 1, "kind": "chat", "messages": [{"role": "user", "content": SECRET}]})
+    misspelt = orjson.dumps({**chat("c", [{"role": "user", "content": SECRET}], "x"), "capture": "metadtaa"})
+    garbage = f'{{"user_id": 1, "messages": "{SECRET} {EMAIL}" torn'.encode()
+    letters = [DeadLetter(invalid, "kind: bad"), DeadLetter(misspelt, "capture: bad"),
+               DeadLetter(garbage, "not valid JSON")]  # fmt: skip
+    privacy(storage)  # everything kept: only the event's own (misspelt) level lowers it
+    storage.writer.write([], letters[1:2])
+    assert found(storage, "launch code") == []
+    storage.writer.write([], letters[2:])
+    assert found(storage, "launch code")  # garbage, and every level full: kept as it came
+    with storage.engine.begin() as conn:
+        conn.execute(text("DELETE FROM mes_dead_letters"))
+    privacy(storage, MES_CAPTURE="metadata")
+    storage.writer.write([], letters)
+    assert found(storage, "launch code") == [] and found(storage, EMAIL) == []
+    kept = {reason.split(" (")[0]: payload for payload, reason in _dead(storage)}
+    assert orjson.loads(kept["kind: bad"])["messages"] == [{"role": "user", "content": None}]
+    assert kept["not valid JSON"] == b""
+    with storage.engine.connect() as conn:
+        prints = {r[0] for r in conn.execute(text("SELECT fingerprint FROM mes_dead_letters"))}
+    assert prints == {letter.fingerprint for letter in letters}
+    with storage.engine.begin() as conn:
+        conn.execute(text("DELETE FROM mes_dead_letters"))
+    privacy(storage, MES_REDACT="default")
+    storage.writer.write([], letters[2:])
+    assert found(storage, EMAIL) == [] and found(storage, "[EMAIL]") and found(storage, "launch code")
+
+
+def test_content_retention_stops_when_its_time_is_up_and_goes_on_from_there(backend):
+    """A pass with a time budget erases batch by batch and stops once it is spent: the
+    rows it reached are erased and recorded, the next pass goes on past them."""
+    from mes.storage.expiry import expire_content
+
+    storage = backend.storage()
+    storage.writer.write([decoded(chat(f"conv-{i}", [{"role": "user", "content": f"{SECRET} {i}"}], "a"))
+                          for i in range(12)])  # fmt: skip
+    first = expire_content(storage, 30, batch=5, seconds=0)
+    assert not first.finished and sum(first.rows.values()) == 5
+    assert len(found(storage, "launch code")) == 9  # rows: a question, its answer, ...: 3 questions erased
+    passes = [first]
+    while not passes[-1].finished:
+        passes.append(expire_content(storage, 30, batch=5, seconds=0))
+    assert sum(sum(p.rows.values()) for p in passes) == 24 and found(storage, "launch code") == []
+    assert HistoryReader(storage).get_conversation("conv-3", user_id=1)["title"] == ""
+    assert_consistent(storage)

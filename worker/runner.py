@@ -35,6 +35,10 @@ from mes.worker.staging import Stager
 __all__ = ["MESWorker"]
 
 log = get_logger("mes.worker")
+# Content retention erases for at most this long per maintenance pass, so that a backlog
+# (MES_CONTENT_RETENTION_DAYS set on a year of history) never keeps a worker from its jobs
+# for long; an unfinished pass goes on at the next maintenance, every MES_MAINTENANCE_INTERVAL.
+_EXPIRY_SECONDS = 2.0
 
 HEARTBEAT_EVERY = 5.0
 RETRY_PROMOTION_EVERY = 1.0
@@ -130,10 +134,13 @@ class MESWorker(SimpleWorker):
         if self._hourly("content_retention", days):
             from mes.storage.expiry import expire_content
 
-            erased = expire_content(self.mes_context.storage, days)
-            if erased:
-                log.info("content_retention_applied", content_retention_days=days, rows=sum(erased.values()),
-                         tables=sorted(erased))  # fmt: skip
+            done = expire_content(self.mes_context.storage, days, seconds=_EXPIRY_SECONDS)
+            if done.rows:
+                log.info("content_retention_applied", content_retention_days=days, rows=sum(done.rows.values()),
+                         tables=sorted(done.rows), finished=done.finished)  # fmt: skip
+            if not done.finished:  # more to erase: the next maintenance pass goes on, not in an hour
+                ctx = self.mes_context
+                ctx.redis.delete(f"{ctx.keys.prefix}:content_retention:last")
 
     def _hourly(self, name: str, days: int) -> bool:
         """Whether a retention task set to ``days`` (0: off) runs now: with daily tables, at

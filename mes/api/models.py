@@ -156,6 +156,7 @@ class Erasure(_Closed):
     conversations: int
     chat_rows: int
     error_rows: int
+    counted_events: int = Field(description="events kept as their counts only (MES_CAPTURE=none)")
     stats_rows: int
     dead_letters: int
     stray_rows: int

@@ -10,6 +10,7 @@ _LINES = (
     ("conversations", "conversations (index rows)"),
     ("chat_rows", "messages (history rows)"),
     ("error_rows", "error rows"),
+    ("counted_events", "requests kept as counts only (MES_CAPTURE=none)"),
     ("stats_rows", "daily stats rows"),
     ("dead_letters", "dead letters"),
     ("queued_events", "events waiting in Redis"),

@@ -5,7 +5,8 @@ Three levels, ordered so that "lower" is ``min``:
 * ``full`` (the default, the seed's behaviour): everything the event carries;
 * ``metadata``: every row, with its role, model, tokens, times and ids, but no content
   (stored as NULL; the read API says ``"content_stored": false``);
-* ``none``: no rows; only the rollups and the index counts.
+* ``none``: no message rows; only the rollups and the index counts, and one row of counts
+  per request to recount them from (``mes_uncaptured``: see ``storage.tables``).
 
 An event's level is the level of the first rule that matches it, else the policy's
 default; the event's own ``capture`` field may then lower that level, never raise it.
@@ -237,6 +238,10 @@ class CapturePolicy:
                     "after it never apply (name a field such as user_id or model, or make it the last rule)"
                 )
         object.__setattr__(self, "_first", _FirstMatch(self.rules) if self.rules else None)
+
+    def may_lower(self) -> bool:
+        """Whether some event may be kept at less than ``full`` (by the default or a rule)."""
+        return self.default < Capture.FULL or any(rule.capture < Capture.FULL for rule in self.rules)
 
     def level(self, event: Mapping[str, Any]) -> Capture:
         """The level at which to store ``event`` (a dict the contract accepted): the first

@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from mes.privacy.capture import Capture, CapturePolicy
 from mes.privacy.redact import Redactor
 
@@ -32,6 +34,45 @@ class Privacy:
         level = self.policy.level(event)
         counts = self.redactor.event(event) if self.redactor is not None else {}
         return level, counts
+
+    def dead_letter(self, payload: bytes) -> tuple[bytes | None, str]:
+        """What a dead letter may keep of ``payload`` (an event the worker could not decode
+        or store), and a note for its reason (empty: unchanged). An event that reads as a
+        JSON object gets its level and redaction as a stored one would (below ``full``:
+        ``without_content``); bytes the policy cannot be applied to (not JSON, or fields
+        of the wrong kinds) are kept redacted when every level is ``full``, else not at
+        all (None): MES cannot tell whether they were allowed to be kept."""
+        try:
+            event = orjson.loads(payload)
+            if not isinstance(event, dict):
+                raise TypeError("not an object")
+            level = self.policy.level(event)
+        except Exception:  # garbage: the rules cannot say what it is
+            if self.policy.may_lower():
+                return (
+                    None,
+                    "payload not kept: it did not read as an event, so the capture policy could not apply",
+                )
+            return self._redacted_bytes(payload)
+        if level < Capture.FULL:
+            return orjson.dumps(without_content(event)), "kept without its content: capture level below full"
+        if self.redactor is None:
+            return payload, ""
+        try:
+            counts = self.redactor.event(event)
+        except Exception:  # a part of the wrong kind (or a failing plug-in): the whole text, then
+            return self._redacted_bytes(payload)
+        return (orjson.dumps(event), "redacted") if counts else (payload, "")
+
+    def _redacted_bytes(self, payload: bytes) -> tuple[bytes | None, str]:
+        if self.redactor is None:
+            return payload, ""
+        text = payload.decode("utf-8", "replace")
+        try:
+            out = self.redactor.text(text)
+        except Exception:  # the plug-in failed: keep nothing rather than what it would have hidden
+            return None, "payload not kept: redaction failed on it"
+        return (out.encode(), "redacted") if out != text else (payload, "")
 
 
 def _bare(message: Any) -> Any:

@@ -26,6 +26,7 @@ from mes.storage.tables import (
     CHAT_BASE,
     ERROR_BASE,
     LEDGER_BASE,
+    UNCAPTURED_BASE,
     DayTables,
     audit_table,
     chat_table,
@@ -36,6 +37,7 @@ from mes.storage.tables import (
     erasures_table,
     error_table,
     parse_day_suffix,
+    uncaptured_table,
     write_gate_table,
 )
 
@@ -96,7 +98,7 @@ class Catalog:
         """Days that have a daily chat or error table, oldest first (from the catalog)."""
         days = set()
         for name in self.refresh():
-            for base in (CHAT_BASE, ERROR_BASE, LEDGER_BASE):
+            for base in (CHAT_BASE, ERROR_BASE, LEDGER_BASE, UNCAPTURED_BASE):
                 day = parse_day_suffix(name, base)
                 if day is not None:
                     days.add(day)
@@ -131,6 +133,13 @@ class Catalog:
         for day in set(days):
             tables = self.day_tables(day)
             missing.extend(t for t in tables.chat_error_ledger() if t.name not in self._known)
+        if missing:
+            self._create(missing)
+
+    def ensure_uncaptured(self, days: Iterable[dt.date | None]) -> None:
+        """The ``mes_uncaptured`` tables of ``days`` (None: the plain one), made when an
+        event kept as counts only (``MES_CAPTURE=none``) first lands on a day."""
+        missing = [t for t in (self.day_tables(d).uncaptured for d in set(days)) if t.name not in self._known]
         if missing:
             self._create(missing)
 
@@ -180,7 +189,7 @@ class Catalog:
         return name in set(inspect(self.engine).get_table_names())
 
     def history_tables(self, days: Iterable[int], kind: str) -> list[Table]:
-        """The existing tables (``chat`` or ``error``) that may hold rows of ``days``
+        """The existing tables (``chat``, ``error`` or ``uncaptured``) that may hold rows of ``days``
         (``YYYYMMDD`` integers), newest day first."""
         wanted = []
         if self.daily:
@@ -195,22 +204,22 @@ class Catalog:
         return [t for t in candidates if self.is_known(t.name)]
 
     def _plain(self, kind: str) -> Table | None:
-        name = "conversation_histories" if kind == "chat" else "error_conversation_histories"
+        name = {"chat": CHAT_BASE, "error": ERROR_BASE, "uncaptured": UNCAPTURED_BASE}[kind]
         if not self.is_known(name):
             return None
         existing = self.metadata.tables.get(name)
         if existing is not None:
             return existing
-        make = chat_table if kind == "chat" else error_table
+        make = {"chat": chat_table, "error": error_table, "uncaptured": uncaptured_table}[kind]
         return make(name, self.metadata, self.id_collation)
 
     def drop_day(self, day: dt.date) -> list[str]:
-        """Drop the three tables of ``day``; returns the names that existed."""
+        """Drop the tables of ``day``; returns the names that existed."""
         tables = self.day_tables(day)
         existing = self.refresh()
         dropped = []
         with self.engine.begin() as conn:
-            for table in tables.chat_error_ledger():
+            for table in tables.every():
                 if table.name in existing:
                     table.drop(conn)
                     dropped.append(table.name)

@@ -15,6 +15,7 @@ from sqlalchemy import delete, select
 from mes.days import day_int
 from mes.storage.backends import backend_for
 from mes.storage.rollup import Tally, apply_rollup
+from mes.storage.rows import KIND_CHAT
 
 if TYPE_CHECKING:
     from mes.storage import Storage
@@ -29,9 +30,11 @@ def delete_conversation(storage: Storage, user_id: int, conversation_id: str) ->
     return delete_conversation_rows(storage, user_id, conversation_id) is not None
 
 
-def delete_conversation_rows(storage: Storage, user_id: int, conversation_id: str) -> tuple[int, int] | None:
-    """``delete_conversation``, returning the (chat, error) rows it deleted; None for no
-    such conversation."""
+def delete_conversation_rows(
+    storage: Storage, user_id: int, conversation_id: str
+) -> tuple[int, int, int] | None:
+    """``delete_conversation``, returning the rows it deleted: chat, error, and events kept
+    as counts only (``mes_uncaptured``); None for no such conversation."""
     catalog, calendar = storage.catalog, storage.calendar
     conv_t = catalog.conversations
     lock = conv_t.c.conversation_id == conversation_id, conv_t.c.user_id == user_id
@@ -46,7 +49,7 @@ def delete_conversation_rows(storage: Storage, user_id: int, conversation_id: st
         days = [int(d) for d in conv.days.split(",") if d]
         gone = Tally(calendar)  # what the rows contributed
         gone.rollup.conversation(user_id, day_int(calendar.day_of(conv.first_at_ms)), conv.first_model)
-        chat_rows = error_rows = 0
+        chat_rows = error_rows = counted = 0
         for table in catalog.history_tables(days, "chat"):
             c = table.c
             mine = (c.conversation_id == conversation_id, c.user_id == user_id)
@@ -71,6 +74,16 @@ def delete_conversation_rows(storage: Storage, user_id: int, conversation_id: st
                 gone.error(user_id, model, ms, eid)
                 error_rows += 1
             conn.execute(delete(table).where(*mine))
+        for table in catalog.history_tables(days, "uncaptured"):  # events kept as counts only
+            c = table.c
+            mine = (c.conversation_id == conversation_id, c.user_id == user_id)
+            for row in conn.execute(select(table).where(*mine)):
+                tokens = (row.prompt_tokens, row.completion_tokens, row.total_tokens)
+                gone.counted(
+                    user_id, row.model_name, row.created_at_ms, row.kind == KIND_CHAT, row.messages, tokens
+                )
+                counted += 1
+            conn.execute(delete(table).where(*mine))
         apply_rollup(conn, catalog.daily_stats, gone.rollup.negated())
         conn.execute(delete(conv_t).where(*lock))
-    return chat_rows, error_rows
+    return chat_rows, error_rows, counted

@@ -65,6 +65,7 @@ class ErasureReport:
     conversations: int = 0
     chat_rows: int = 0
     error_rows: int = 0
+    counted_events: int = 0  # rows of mes_uncaptured: events kept as counts only
     stats_rows: int = 0  # rows of mes_daily_stats
     dead_letters: int = 0
     stray_rows: int = 0  # rows no indexed conversation reached (found by the sweep)
@@ -99,6 +100,7 @@ def erase_user(
             report.conversations += 1
             report.chat_rows += gone[0]
             report.error_rows += gone[1]
+            report.counted_events += gone[2]
             note("conversations", report.conversations)
     for table in _history_tables(storage):
         report.stray_rows += _sweep(storage, table, user_id)
@@ -193,8 +195,9 @@ def _history_tables(storage: Storage) -> list[Table]:
     tables: list[Table] = []
     days = catalog.partition_days() if catalog.daily else []
     for day in [*days, None]:
+        day_tables = catalog.day_tables(day)
         tables.extend(
-            t for t in (catalog.day_tables(day).chat, catalog.day_tables(day).error) if t.name in names
+            t for t in (day_tables.chat, day_tables.error, day_tables.uncaptured) if t.name in names
         )
     return tables
 
@@ -202,14 +205,15 @@ def _history_tables(storage: Storage) -> list[Table]:
 def _sweep(storage: Storage, table: Table, user_id: int) -> int:
     """Step 3: the user's rows left in ``table``; found by a plain read (no locks on a
     table writers are using), deleted by id."""
+    key = next(iter(table.primary_key.columns))  # id; event_id in mes_uncaptured
     with storage.engine.connect() as conn:
-        ids = list(conn.scalars(select(table.c.id).where(table.c.user_id == user_id)))
+        ids = list(conn.scalars(select(key).where(table.c.user_id == user_id)))
     if not ids:
         return 0
     engine = storage.engine.execution_options(mes_write=True)
     for i in range(0, len(ids), _PAGE):
         with engine.begin() as conn:
-            conn.execute(delete(table).where(table.c.id.in_(ids[i : i + _PAGE]), table.c.user_id == user_id))
+            conn.execute(delete(table).where(key.in_(ids[i : i + _PAGE]), table.c.user_id == user_id))
     log.info("erasure_swept", table=table.name, rows=len(ids))
     return len(ids)
 
@@ -284,6 +288,8 @@ def _count(storage: Storage, report: ErasureReport) -> ErasureReport:
                 report.error_rows += n
             elif table.name.startswith(CHAT_BASE):
                 report.chat_rows += n
+            else:
+                report.counted_events += n
     report.stats_rows = _stats_rows(storage, user_id)
     report.dead_letters = _dead_letters(storage, user_id, remove=False)
     return report

@@ -19,6 +19,7 @@ resumes: rows already erased are skipped. It needs daily tables (``MES_DAILY_PAR
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Iterable
@@ -32,7 +33,7 @@ from mes.log import get_logger
 if TYPE_CHECKING:
     from mes.storage import Storage
 
-__all__ = ["EXPIRED", "expire_content", "forget_expired"]
+__all__ = ["EXPIRED", "ExpiryPass", "expire_content", "forget_expired"]
 
 log = get_logger("mes.expiry")
 
@@ -60,9 +61,21 @@ def _is_expired(empty: bool, other: str | None) -> bool:
     return isinstance(value, dict) and value.get(EXPIRED) is True
 
 
-def _expire_table(storage: Storage, table: Table, after: int, batch: int) -> tuple[int, int]:
+@dataclasses.dataclass
+class ExpiryPass:
+    """What one ``expire_content`` pass did: rows erased per table, and whether it reached
+    the end (False: its time was up; the next pass goes on from where it stopped)."""
+
+    rows: dict[str, int] = dataclasses.field(default_factory=dict)
+    finished: bool = True
+
+
+def _expire_table(
+    storage: Storage, table: Table, after: int, batch: int, deadline: float | None
+) -> tuple[int, int, bool]:
     """Erase the content of the rows of ``table`` past id ``after``, ``batch`` rows per
-    transaction; returns the rows erased and the last id read."""
+    transaction, until the end or ``deadline`` (``time.monotonic``); returns the rows
+    erased, the last id read, and whether it reached the end."""
     c = table.c
     erased, last = 0, after
     values: dict[str, Any] = {"content": None, "other": bindparam("new_other")}
@@ -73,7 +86,7 @@ def _expire_table(storage: Storage, table: Table, after: int, batch: int) -> tup
             query = select(c.id, c.content.is_(None).label("empty"), c.other).where(c.id > last)
             rows = conn.execute(query.order_by(c.id).limit(batch)).all()
             if not rows:
-                return erased, last
+                return erased, last, True
             todo = [
                 {"row_id": r.id, "new_other": _expired_other(r.other)}
                 for r in rows
@@ -84,30 +97,41 @@ def _expire_table(storage: Storage, table: Table, after: int, batch: int) -> tup
         erased += len(todo)
         last = rows[-1].id
         if len(rows) < batch:
-            return erased, last
+            return erased, last, True
+        if deadline is not None and time.monotonic() >= deadline:
+            return erased, last, False
 
 
-def expire_content(storage: Storage, days: int, *, batch: int = 1000) -> dict[str, int]:
-    """Erase the content of the days older than ``days`` days before today (in ``TZ``);
-    returns the rows erased per table this pass (a table erased before is read only past
-    the last row erased: a late event written into an old day since). ``days`` <= 0, or
-    no daily tables: nothing."""
+def expire_content(
+    storage: Storage, days: int, *, batch: int = 1000, seconds: float | None = None
+) -> ExpiryPass:
+    """Erase the content of the days older than ``days`` days before today (in ``TZ``),
+    for at most about ``seconds`` (None: to the end); returns the rows erased per table
+    this pass (a table erased before is read only past the last row erased: a late event
+    written into an old day since) and whether it finished. ``days`` <= 0, or no daily
+    tables: nothing."""
+    result = ExpiryPass()
     if days <= 0 or not storage.catalog.daily:
-        return {}
+        return result
+    deadline = None if seconds is None else time.monotonic() + seconds
     catalog = storage.catalog
     cutoff = storage.calendar.today() - dt.timedelta(days=days)
     known = catalog.refresh()
     marker = catalog.content_expired
     with storage.engine.connect() as conn:
         done = {r.table_name: (int(r.last_id), int(r.rows)) for r in conn.execute(select(marker))}
-    erased: dict[str, int] = {}
+    erased = result.rows
     for day in (d for d in catalog.partition_days() if d < cutoff):
+        if not result.finished:
+            break
         tables = catalog.day_tables(day)
         for table in (tables.chat, tables.error):
             if table.name not in known:
                 continue
+            if not result.finished:
+                break
             after, before = done.get(table.name, (0, 0))
-            count, last = _expire_table(storage, table, after, batch)
+            count, last, result.finished = _expire_table(storage, table, after, batch, deadline)
             if table.name in done and last == after:
                 continue  # nothing new since the last pass
             with storage.engine.begin() as conn:
@@ -118,18 +142,38 @@ def expire_content(storage: Storage, days: int, *, batch: int = 1000) -> dict[st
                     conn.execute(insert(marker).values(table_name=table.name, **record))
             if count:
                 erased[table.name] = count
-                log.info("content_expired", table=table.name, day=day.isoformat(), rows=count)
+                log.info("content_expired", table=table.name, day=day.isoformat(), rows=count,
+                         finished=result.finished)  # fmt: skip
     if erased:
-        _untitle(storage, cutoff)
-    return erased
+        _untitle(storage, cutoff, batch)
+    return result
 
 
-def _untitle(storage: Storage, cutoff: dt.date) -> None:
-    """Conversations that started before ``cutoff`` lose their title (their first message's text)."""
+def _untitle(storage: Storage, cutoff: dt.date, batch: int) -> None:
+    """Conversations that started before ``cutoff`` lose their title (their first message's
+    text): found by a plain read, then rewritten by key, ``batch`` per transaction (no
+    statement locks the index rows of every conversation at once)."""
     c = storage.catalog.conversations
     first_kept = storage.calendar.start_ms(cutoff)
-    with storage.engine.begin() as conn:
-        conn.execute(update(c).where(c.c.first_at_ms < first_kept, c.c.title != "").values(title=""))
+    with storage.engine.connect() as conn:
+        keys = conn.execute(
+            select(c.c.conversation_id, c.c.user_id).where(c.c.first_at_ms < first_kept, c.c.title != "")
+        ).all()
+    statement = (
+        update(c)
+        .where(
+            c.c.conversation_id == bindparam("cid"),
+            c.c.user_id == bindparam("uid"),
+            c.c.first_at_ms < first_kept,
+        )
+        .values(title="")
+    )
+    engine = storage.engine.execution_options(mes_write=True)
+    for i in range(0, len(keys), batch):
+        with engine.begin() as conn:
+            conn.execute(
+                statement, [{"cid": k.conversation_id, "uid": k.user_id} for k in keys[i : i + batch]]
+            )
 
 
 def forget_expired(conn: Connection, storage: Storage, names: Iterable[str]) -> None:

@@ -31,6 +31,7 @@ from mes.log import get_logger
 from mes.storage.backends import backend_for
 from mes.storage.expiry import forget_expired
 from mes.storage.rollup import ConversationState, Tally, apply_rollup, forget_day, rewrite_conversations
+from mes.storage.rows import KIND_CHAT
 from mes.storage.transcript import GAP
 from mes.storage.turns import message_digest, stored_message
 
@@ -57,7 +58,7 @@ log = get_logger("mes.partitions")
 
 ARCHIVE_FORMAT = "mes-day-archive"
 ARCHIVE_VERSION = 1
-KINDS = ("chat", "error", "ledger")
+KINDS = ("chat", "error", "ledger", "uncaptured")  # uncaptured: made on demand
 Progress = Callable[[int], None]
 
 
@@ -77,7 +78,7 @@ def require_daily(storage: Storage) -> None:
 
 def tables_of_day(storage: Storage, day: dt.date) -> dict[str, Table]:
     t = storage.catalog.day_tables(day)
-    return {"chat": t.chat, "error": t.error, "ledger": t.ledger}
+    return {"chat": t.chat, "error": t.error, "ledger": t.ledger, "uncaptured": t.uncaptured}
 
 
 def _sizes(storage: Storage, names: list[str]) -> dict[str, int]:
@@ -266,6 +267,8 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
     except (KeyError, TypeError, ValueError):
         raise ConfigError(f"{path}: the header has no valid day") from None
     storage.catalog.ensure_days([day])
+    if "uncaptured" in header.get("tables", {}):
+        storage.catalog.ensure_uncaptured([day])
     tables = tables_of_day(storage, day)
     columns = {k: [str(c) for c in header["columns"].get(k, [])] for k in KINDS}
     for kind, names in columns.items():
@@ -278,7 +281,7 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
                 raise ConfigError(
                     f"{tables[kind].name} already holds rows: drop the day first, or restore elsewhere"
                 )
-    counts = dict.fromkeys(KINDS, 0)
+    counts = dict.fromkeys((k for k in KINDS if k != "uncaptured" or k in header.get("tables", {})), 0)
     tally = Tally(storage.calendar)
     keys: set[tuple[str, int]] = set()
     batch: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
@@ -313,7 +316,10 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
                 if kind != "ledger":
                     keys.add((row["conversation_id"], row["user_id"]))
                     who = (row["user_id"], row["model_name"], row["created_at_ms"], row["event_id"])
-                    if kind == "chat":
+                    if kind == "uncaptured":
+                        tokens = (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"])
+                        tally.counted(*who[:3], row["kind"] == KIND_CHAT, row["messages"], tokens)
+                    elif kind == "chat":
                         tally.chat(
                             *who, (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"])
                         )

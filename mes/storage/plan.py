@@ -23,14 +23,11 @@ import orjson
 from mes.days import DayCalendar
 from mes.privacy.capture import Capture, CapturePolicy
 from mes.storage.rollup import ConversationState, Rollup, advance, take_over
-from mes.storage.rows import ChatRow, ErrorRow, LedgerRow, StatsRow
+from mes.storage.rows import KIND_CHAT, KIND_ERROR, ChatRow, ErrorRow, LedgerRow, StatsRow, UncapturedRow
 from mes.storage.transcript import GAP, Entry, Transcript, align, encode_context, join_context
 from mes.storage.turns import content_column, message_digest, message_digests, sequence_digest
 
 __all__ = ["Loader", "Plan", "Prepared", "build_plan", "prepare"]
-
-KIND_CHAT = 1
-KIND_ERROR = 2
 
 _MESSAGE_CORE = ("role", "content")
 _RESPONSE_SKIP = ("choices", "usage")
@@ -62,6 +59,7 @@ class Prepared:
     choices: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # a chat's, with the answers
     # What the operator's policy keeps of it (``mes.privacy``), and what was redacted from it
     content_kept: bool = True  # the capture level is full
+    rows_kept: bool = True  # ... is not none (none: counts only, see Plan.uncaptured_rows)
     redacted: Mapping[str, int] | None = None  # per detector; None: nothing found
 
     @property
@@ -94,6 +92,7 @@ def prepare(raw: Mapping[str, Any], calendar: DayCalendar, mark: Mark | None = N
         model=raw.get("model_name") or "",
         messages=messages,
         content_kept=mark is None or mark[0] == Capture.FULL,
+        rows_kept=mark is None or mark[0] != Capture.NONE,
         redacted=None if mark is None else mark[1] or None,
     )
 
@@ -112,6 +111,8 @@ class Plan:
     chat_deletes: dict[dt.date | None, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
     error_rows: dict[dt.date, list[ErrorRow]] = dataclasses.field(default_factory=dict)
     ledger_rows: dict[dt.date, list[LedgerRow]] = dataclasses.field(default_factory=dict)
+    # Events the capture policy keeps as counts only (none): what their rows would have counted
+    uncaptured_rows: dict[dt.date, list[UncapturedRow]] = dataclasses.field(default_factory=dict)
     conversations: list[ConversationState] = dataclasses.field(default_factory=list)
     rollup: Rollup = dataclasses.field(default_factory=Rollup)
     applied: int = 0
@@ -213,10 +214,20 @@ def build_plan(
         tokens = (0, 0, 0)
         if ev.kind == KIND_CHAT:
             rows, tokens = _chat_rows(ev, state, matcher, now_s, claim)
-            plan.chat_rows.setdefault(ev.day, []).extend(rows)
             chat_rows = len(rows)
+            if ev.rows_kept:
+                plan.chat_rows.setdefault(ev.day, []).extend(rows)
         else:
-            plan.error_rows.setdefault(ev.day, []).extend(_error_rows(ev, state, matcher))
+            errors = _error_rows(ev, state, matcher)
+            if ev.rows_kept:
+                plan.error_rows.setdefault(ev.day, []).extend(errors)
+        if not ev.rows_kept:
+            # Planned like any event (its messages take their place in the conversation, so
+            # a later request re-sending them stores them no more than it would have), but
+            # only its counts are written.
+            plan.uncaptured_rows.setdefault(ev.day, []).append(UncapturedRow(
+                ev.event_id, ev.kind, ev.user_id, ev.conversation_id, ev.model, ev.ms, chat_rows or 0, *tokens,
+            ))  # fmt: skip
         plan.ledger_rows.setdefault(ev.day, []).append(LedgerRow(ev.event_id, ev.kind, now_s))
         advance(state, plan.rollup, calendar, ms=ev.ms, model=ev.model,
                 messages=ev.messages if ev.content_kept else (), chat_rows=chat_rows, tokens=tokens)  # fmt: skip
@@ -371,6 +382,7 @@ def _chat_rows(
             and follow.digest == digest
             and not follow.is_response
             and not follow.planned
+            and ev.rows_kept  # an answer kept as a count takes over no stored row
         ):
             claim(ev, state, follow)
             claimed = mid = follow.message_id

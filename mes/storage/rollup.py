@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from mes.days import DayCalendar, date_of_int, day_int
 from mes.storage.catalog import Catalog
-from mes.storage.rows import ConversationRow, StatsRow
+from mes.storage.rows import KIND_CHAT, ConversationRow, StatsRow
 from mes.storage.tables import STAT_COUNTERS
 
 __all__ = [
@@ -137,6 +137,16 @@ class Tally:
         key = (user_id, day_int(self.calendar.day_of(ms)), model)
         if (key, event_id) not in self.error_events:
             self.error_events.add((key, event_id))
+            self.rollup.error(*key)
+
+    def counted(
+        self, user_id: int, model: str, ms: int, is_chat: bool, messages: int, tokens: Tokens
+    ) -> None:
+        """A row of ``mes_uncaptured``: one event, kept as its counts (one row per event)."""
+        key = (user_id, day_int(self.calendar.day_of(ms)), model)
+        if is_chat:
+            self.rollup.request(*key, messages, tokens)
+        else:
             self.rollup.error(*key)
 
 
@@ -364,6 +374,31 @@ def recount_conversation(
                 state.last_ordinal = max(state.last_ordinal, row.ordinal or 0)
                 state.max_position = max(state.max_position, row.position or 0)
                 messages.append((row.position or 0, row.ordinal or 0, row.role, row.content))
+    for day in sorted(set(days)):
+        table = catalog.day_tables(date_of_int(day)).uncaptured
+        if table.name not in known:
+            continue
+        c = table.c
+        for row in conn.execute(select(table).where(c.conversation_id == cid, c.user_id == uid)):
+            model, ms = row.model_name, int(row.created_at_ms)
+            if state is None:
+                state = ConversationState(cid, uid, first_at_ms=ms, last_at_ms=ms, first_model=model,
+                                          last_model=model)  # fmt: skip
+            state.first_at_ms, state.first_model = min((state.first_at_ms, state.first_model), (ms, model))
+            state.last_at_ms, state.last_model = max((state.last_at_ms, state.last_model), (ms, model))
+            row_day = day_int(calendar.day_of(ms))
+            if row_day not in state.days:
+                state.days.append(row_day)
+            if row.kind != KIND_CHAT:
+                error_events.add(row.event_id)
+                continue
+            chat_events.add(row.event_id)
+            state.message_count += row.messages
+            if row.messages:
+                state.models[model] = state.models.get(model, 0) + row.messages
+            state.prompt_tokens += row.prompt_tokens
+            state.completion_tokens += row.completion_tokens
+            state.total_tokens += row.total_tokens
     if state is None:
         return None
     state.event_count, state.error_count = len(chat_events), len(error_events)

@@ -23,24 +23,34 @@ from mes.storage.tables import (
     dead_letters_table,
     error_table,
     ledger_table,
+    uncaptured_table,
 )
 
 __all__ = [
     "CHAT_COLUMNS",
+    "KIND_CHAT",
+    "KIND_ERROR",
     "CONVERSATION_COLUMNS",
     "DEAD_LETTER_COLUMNS",
     "ERROR_COLUMNS",
     "LEDGER_COLUMNS",
     "STATS_COLUMNS",
     "STATS_KEY",
+    "UNCAPTURED_COLUMNS",
     "ChatRow",
     "ConversationRow",
     "DeadLetterRow",
     "ErrorRow",
     "LedgerRow",
     "StatsRow",
+    "UncapturedRow",
     "check_rows",
 ]
+
+
+# An event's kind in the ledger and in mes_uncaptured
+KIND_CHAT = 1
+KIND_ERROR = 2
 
 
 class ChatRow(NamedTuple):
@@ -106,6 +116,21 @@ class LedgerRow(NamedTuple):
     applied_at: int
 
 
+class UncapturedRow(NamedTuple):
+    """A row of ``mes_uncaptured[_YYYY_MM_DD]``: an event kept as its counts only."""
+
+    event_id: str
+    kind: int
+    user_id: int
+    conversation_id: str
+    model_name: str
+    created_at_ms: int
+    messages: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class ConversationRow(NamedTuple):
     """A row of ``mes_conversations`` (``storage.rollup.ConversationState`` reads and writes it)."""
 
@@ -163,6 +188,7 @@ class DeadLetterRow(NamedTuple):
 CHAT_COLUMNS = ChatRow._fields
 ERROR_COLUMNS = ErrorRow._fields
 LEDGER_COLUMNS = LedgerRow._fields
+UNCAPTURED_COLUMNS = UncapturedRow._fields
 CONVERSATION_COLUMNS = ConversationRow._fields
 STATS_COLUMNS = StatsRow._fields
 DEAD_LETTER_COLUMNS = DeadLetterRow._fields
@@ -189,6 +215,7 @@ def check_rows() -> None:
         (ChatRow, _written(chat_table("chat", metadata))),
         (ErrorRow, _written(error_table("error", metadata))),
         (LedgerRow, _written(ledger_table("ledger", metadata))),
+        (UncapturedRow, _written(uncaptured_table("uncaptured", metadata))),
         (ConversationRow, _written(conversations_table(metadata))),
         (StatsRow, _written(daily_stats_table(metadata))),
         (DeadLetterRow, _written(dead_letters_table(metadata), ("replayed_at",))),

@@ -12,6 +12,10 @@ the same names (MES writes to tables it created itself: the columns below are ME
   the error on each row (as the seed does), plus the same three columns.
 * ``mes_event_ledger[_YYYY_MM_DD]``: one row per applied event id: exactly-once. It is
   partitioned like the history, so an event's ledger row is dropped with its day.
+* ``mes_uncaptured[_YYYY_MM_DD]``: one row per event stored under ``MES_CAPTURE=none``: no
+  message, only what it counted (messages, tokens) and where (user, conversation, model,
+  time), which the index and rollups are recounted from. Made for a day when such an event
+  first lands on it.
 
 And, not partitioned:
 
@@ -57,6 +61,7 @@ __all__ = [
     "CHAT_BASE",
     "ERROR_BASE",
     "LEDGER_BASE",
+    "UNCAPTURED_BASE",
     "STAT_COUNTERS",
     "DayTables",
     "day_suffix",
@@ -66,6 +71,7 @@ __all__ = [
 CHAT_BASE = "conversation_histories"
 ERROR_BASE = "error_conversation_histories"
 LEDGER_BASE = "mes_event_ledger"
+UNCAPTURED_BASE = "mes_uncaptured"
 
 # 191 characters of utf8mb4 fit the classic 767-byte index prefix, so the keys work on
 # old MySQL row formats too.
@@ -189,6 +195,26 @@ def ledger_table(name: str, metadata: MetaData, ids: str | None = None) -> Table
         Column("event_id", exact_string(64, ids), primary_key=True),
         Column("kind", SmallInteger, nullable=False),
         Column("applied_at", BigInteger, nullable=False),
+    )
+
+
+def uncaptured_table(name: str, metadata: MetaData, ids: str | None = None) -> Table:
+    """An event the capture policy keeps nothing of (``none``) but its counts: ``messages``
+    is the number of chat rows it would have stored (0 for a failed request, ``kind`` 2)."""
+    return mes_table(
+        name,
+        metadata,
+        Column("event_id", exact_string(64, ids), primary_key=True),
+        Column("kind", SmallInteger, nullable=False),
+        Column("user_id", Integer, nullable=False),
+        Column("conversation_id", exact_string(ID_LEN, ids), nullable=False),
+        Column("model_name", exact_string(ID_LEN, ids), nullable=False, default=""),
+        Column("created_at_ms", BigInteger, nullable=False),
+        Column("messages", Integer, nullable=False, default=0),
+        Column("prompt_tokens", Integer, nullable=False, default=0),
+        Column("completion_tokens", Integer, nullable=False, default=0),
+        Column("total_tokens", Integer, nullable=False, default=0),
+        Index(f"ix_{name}_conv", "conversation_id", "user_id"),
     )
 
 
@@ -337,7 +363,7 @@ def write_gate_table(metadata: MetaData) -> Table:
 class DayTables:
     """The three tables of one day (or the plain ones when partitioning is off)."""
 
-    __slots__ = ("chat", "day", "error", "ledger", "suffix")
+    __slots__ = ("chat", "day", "error", "ledger", "suffix", "uncaptured")
 
     def __init__(self, day: dt.date | None, metadata: MetaData, ids: str | None = None) -> None:
         self.day = day
@@ -345,6 +371,11 @@ class DayTables:
         self.chat = chat_table(CHAT_BASE + self.suffix, metadata, ids)
         self.error = error_table(ERROR_BASE + self.suffix, metadata, ids)
         self.ledger = ledger_table(LEDGER_BASE + self.suffix, metadata, ids)
+        self.uncaptured = uncaptured_table(UNCAPTURED_BASE + self.suffix, metadata, ids)
 
     def chat_error_ledger(self) -> tuple[Table, Table, Table]:
+        """The tables every day has (``uncaptured`` is made on demand)."""
         return (self.chat, self.error, self.ledger)
+
+    def every(self) -> tuple[Table, Table, Table, Table]:
+        return (self.chat, self.error, self.ledger, self.uncaptured)

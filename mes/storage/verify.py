@@ -16,7 +16,8 @@ from sqlalchemy import text
 
 from mes.days import day_int
 from mes.storage.catalog import Catalog
-from mes.storage.tables import CHAT_BASE, ERROR_BASE, STAT_COUNTERS
+from mes.storage.rows import KIND_CHAT
+from mes.storage.tables import CHAT_BASE, ERROR_BASE, STAT_COUNTERS, UNCAPTURED_BASE
 
 __all__ = ["Recount", "compare", "read_index", "recount"]
 
@@ -39,6 +40,29 @@ def _history_tables(catalog: Catalog) -> list[tuple[str, str]]:
     return found
 
 
+def _uncaptured_tables(catalog: Catalog) -> list[str]:
+    names = catalog.refresh()
+    base = UNCAPTURED_BASE
+    return sorted(
+        n for n in names if n == base or (n.startswith(base + "_") and n[len(base) + 1 :][:4].isdigit())
+    )
+
+
+def _seen(convs: dict[tuple[str, int], dict[str, Any]], key: tuple[str, int], day: int, ms: int,
+          model: str) -> dict[str, Any]:  # fmt: skip
+    """The conversation's recount so far, with a row at ``ms`` of ``model`` on ``day`` seen."""
+    conv = convs.get(key)
+    if conv is None:
+        conv = convs[key] = {
+            "first": (ms, model), "last": (ms, model), "message_count": 0, "models": defaultdict(int),
+            "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "days": set(),
+        }  # fmt: skip
+    conv["first"] = min(conv["first"], (ms, model))
+    conv["last"] = max(conv["last"], (ms, model))
+    conv["days"].add(day)
+    return conv
+
+
 def recount(catalog: Catalog, calendar: Any) -> Recount:
     """Recount from every history table (whatever the partitioning setting says)."""
     q = catalog.engine.dialect.identifier_preparer.quote
@@ -57,17 +81,8 @@ def recount(catalog: Catalog, calendar: Any) -> Recount:
                 )
             )
             for cid, uid, model, eid, ms, p, c, t in rows:
-                day = day_int(calendar.day_of(ms))
-                key = (cid, uid)
-                conv = convs.get(key)
-                if conv is None:
-                    conv = convs[key] = {
-                        "first": (ms, model), "last": (ms, model), "message_count": 0, "models": defaultdict(int),
-                        "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "days": set(),
-                    }  # fmt: skip
-                conv["first"] = min(conv["first"], (ms, model))
-                conv["last"] = max(conv["last"], (ms, model))
-                conv["days"].add(day)
+                key, day = (cid, uid), day_int(calendar.day_of(ms))
+                conv = _seen(convs, key, day, ms, model)
                 if kind == "chat":
                     s = stats[(uid, day, model)]
                     s["messages"] += 1
@@ -84,6 +99,30 @@ def recount(catalog: Catalog, calendar: Any) -> Recount:
                 else:
                     stat_errors[(uid, day, model)].add(eid)
                     error_events[key].add(eid)
+        for table in _uncaptured_tables(catalog):
+            cols = "conversation_id, user_id, model_name, event_id, created_at_ms, kind, messages, " + tokens
+            for cid, uid, model, eid, ms, kind, n, p, c, t in conn.execute(
+                text(f"SELECT {cols} FROM {q(table)}")
+            ):
+                key, day = (cid, uid), day_int(calendar.day_of(ms))
+                conv = _seen(convs, key, day, ms, model)
+                if kind != KIND_CHAT:
+                    stat_errors[(uid, day, model)].add(eid)
+                    error_events[key].add(eid)
+                    continue
+                s = stats[(uid, day, model)]
+                s["messages"] += n
+                s["prompt_tokens"] += p
+                s["completion_tokens"] += c
+                s["total_tokens"] += t
+                stat_events[(uid, day, model)].add(eid)
+                chat_events[key].add(eid)
+                conv["message_count"] += n
+                if n:
+                    conv["models"][model] += n
+                conv["prompt_tokens"] += p
+                conv["completion_tokens"] += c
+                conv["total_tokens"] += t
     for skey, ids in stat_events.items():
         stats[skey]["requests"] = len(ids)
     for skey, ids in stat_errors.items():

@@ -57,6 +57,7 @@ from mes.storage.rows import (
     LEDGER_COLUMNS,
     STATS_COLUMNS,
     STATS_KEY,
+    UNCAPTURED_COLUMNS,
     DeadLetterRow,
 )
 from mes.storage.transcript import Entry
@@ -66,6 +67,7 @@ __all__ = ["BatchDataError", "BatchWriter", "ConnectionLost", "WriteResult"]
 log = get_logger("mes.storage")
 
 _CHUNK = 2000  # values per IN list: far below every backend's parameter limit
+_EVENT_ONLY = Privacy()  # no operator policy: what an event asks for alone decides
 _CONV_KEYS = ("conversation_id", "user_id")
 
 
@@ -148,7 +150,28 @@ class BatchWriter:
             BatchDataError: the database refused a value; ``write_isolating`` finds the event.
         """
         with _cyclic_gc_paused():
-            return self._write(events, dead_letters, batch_id, self._marks(events))
+            return self._write(events, self._guarded(dead_letters), batch_id, self._marks(events))
+
+    def _guarded(self, dead: Sequence[DeadLetter]) -> Sequence[DeadLetter]:
+        """Dead letters as ``privacy`` lets them be kept (``Privacy.dead_letter``): an event
+        that reads as one is kept at its level and redacted; bytes that do not are kept
+        only when no event may be kept at less than ``full``. The fingerprint stays the
+        raw payload's, so the same bad event twice is still kept once."""
+        if not dead:
+            return dead
+        privacy = self.privacy or _EVENT_ONLY
+        out = []
+        for letter in dead:
+            kept, note = privacy.dead_letter(letter.payload) if letter.payload else (letter.payload, "")
+            if kept == letter.payload:
+                out.append(letter)
+                continue
+            size = letter.size if kept is None else len(kept)
+            out.append(dataclasses.replace(
+                letter, payload=kept or b"", size=size, fingerprint=letter.fingerprint,
+                reason=f"{letter.reason} ({note})",
+            ))  # fmt: skip
+        return out
 
     def _marks(self, events: Sequence[Mapping[str, Any]]) -> dict[int, Mark] | None:
         """``privacy`` applied to each event, once (its texts redacted in place), by ``id``."""
@@ -180,6 +203,9 @@ class BatchWriter:
                 prepared.append(ev)
         if self.catalog.daily:
             self.catalog.ensure_days({ev.day for ev in prepared})
+        counted = {ev.day if self.catalog.daily else None for ev in prepared if not ev.rows_kept}
+        if counted:
+            self.catalog.ensure_uncaptured(counted)
         result = WriteResult(events=len(events), duplicates=len(events) - len(prepared))
         deferred = self._attempts(prepared, dead_letters, batch_id, result, defer=True)
         if deferred:  # their conversations were another batch's: now wait for it
@@ -232,6 +258,7 @@ class BatchWriter:
                 MES or of the database, not of an event.
         """
         marks = self._marks(events)
+        dead_letters = self._guarded(dead_letters)
         try:
             with _cyclic_gc_paused():
                 return self._write(events, dead_letters, batch_id, marks)
@@ -377,6 +404,8 @@ class BatchWriter:
             )
             for day, ledger in plan.ledger_rows.items():
                 bulk.insert(cur, catalog.day_tables(day).ledger, LEDGER_COLUMNS, ledger)
+            for day, counts in plan.uncaptured_rows.items():
+                bulk.insert(cur, catalog.day_tables(day).uncaptured, UNCAPTURED_COLUMNS, counts)
             for table_day, message_keys in plan.chat_deletes.items():
                 bulk.delete_keys(
                     cur, catalog.day_tables(table_day).chat, ("conversation_id", "message_id"), message_keys
