@@ -186,7 +186,7 @@ def test_an_interrupted_erasure_resumes(backend, monkeypatch):
     _history(storage)
     import mes.storage.erase as erase_module
 
-    real = erase_module.delete_conversation_rows
+    real = erase_module._erase_conversation
     calls = []
 
     def dies_second_time(*args: Any) -> Any:
@@ -195,13 +195,13 @@ def test_an_interrupted_erasure_resumes(backend, monkeypatch):
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(erase_module, "delete_conversation_rows", dies_second_time)
+    monkeypatch.setattr(erase_module, "_erase_conversation", dies_second_time)
     with pytest.raises(KeyboardInterrupt):
         erase(storage, 5)
     assert_consistent(storage)
     marker = erasure_of(storage, 5)
     assert marker is not None and marker["finished_at"] is None
-    monkeypatch.setattr(erase_module, "delete_conversation_rows", real)
+    monkeypatch.setattr(erase_module, "_erase_conversation", real)
     report = erase(storage, 5)
     assert report.resumed and report.conversations == 2
     assert _rows_of(storage, 5) == {} and found(storage, "erase-me") == []
@@ -282,3 +282,51 @@ def test_the_route_erases_own_history_or_an_admins_choice_and_audits_the_admin(a
     erasures = [(e.actor, e.action, e.target_user_id) for e in entries if e.action == "erase"]
     assert erasures == [("user:10", "erase", 5)]
     assert_consistent(storage)
+
+
+def test_what_the_user_does_after_the_erasure_stays(backend):
+    """Erasure is not a ban: a conversation begun after the marker is left whole, one the
+    user went on with loses only what came before (its title and tail too), and the
+    rollups, theirs included, equal a recount."""
+    storage = backend.storage()
+    _history(storage)
+    later = int(time.time() * 1000) + 60_000  # after the marker the erasure is about to set
+    storage.writer.write([
+        chat("c5a", [{"role": "user", "content": "went on with it"}], "still here", user_id=5, ms=later),
+        chat("c5new", [{"role": "user", "content": "a new start"}], "hello", user_id=5, ms=later),
+    ])  # fmt: skip
+    report = erase_user(storage, 5)
+    assert report.chat_rows == 6 and report.counted_events == 1
+    reader = HistoryReader(storage)
+    kept = reader.get_conversation_messages("c5a", user_id=5)
+    assert kept is not None and [m["content"] for m in kept] == ["went on with it", "still here"]
+    assert reader.get_conversation("c5a", user_id=5)["title"] == "went on with it"
+    assert reader.get_conversation("c5new", user_id=5)["message_count"] == 2
+    assert found(storage, "erase-me") == [] and found(storage, "紫罗兰") == []
+    assert_consistent(storage)
+
+
+def test_after_an_erasure_a_torn_dead_letter_of_the_user_is_not_kept(backend):
+    """Bytes that are not JSON but name the erased user are dropped by the writer too."""
+    storage = backend.storage()
+    _history(storage)
+    erase_user(storage, 5)
+    torn = b'{"user_id": 5, "messages": "' + SECRET.encode() + b" torn"
+    result = storage.writer.write([], [DeadLetter(torn, "not valid JSON")])
+    assert result.dead_lettered == 0 and found(storage, "erase-me") == []
+    other = b'{"user_id": 51, "messages": "' + SECRET.encode() + b" torn"
+    assert storage.writer.write([], [DeadLetter(other, "not valid JSON")]).dead_lettered == 1
+
+
+def test_the_queue_is_cleaned_of_the_user_whatever_time_their_gateway_gave(backend, redis_server):
+    """An event of the user waiting in Redis is removed even when its gateway's clock runs
+    ahead of the erasure's (the marker alone would let it through)."""
+    storage = backend.storage()
+    redis = Redis.from_url(redis_server.url)
+    keys = Keys("erase-clock")
+    ahead = chat(
+        "c5f", [{"role": "user", "content": SECRET}], "x", user_id=5, ms=int(time.time() * 1000) + 3_600_000
+    )
+    redis.rpush(keys.batch("b9"), orjson.dumps(ahead))
+    report = erase(storage, 5, redis=redis, queue_name="erase-clock")
+    assert report.queued_events == 1 and redis.llen(keys.batch("b9")) == 0

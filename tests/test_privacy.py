@@ -268,7 +268,7 @@ def test_content_retention_erases_old_words_and_keeps_every_count(backend, redis
     drop_day(storage, dt.date(2026, 1, 15))
     with storage.engine.connect() as conn:
         marks = conn.execute(text("SELECT table_name FROM mes_content_expired")).all()
-    assert marks == []
+    assert marks == [("mes_conversations",)]  # the dropped day's tables are gone; titles: up to the cutoff
     storage.close()
 
 
@@ -364,8 +364,8 @@ def _rows(storage: Storage, base: str) -> int:
 
 def test_none_keeps_no_message_row_only_counts_and_the_rollups_equal_a_recount(backend):
     """MES_CAPTURE=none: no history or error row at all, no byte of content; the index
-    and rollups count the requests, messages and tokens, recounted from mes_uncaptured;
-    a re-sent turn is counted once; deleting the conversation leaves nothing."""
+    and rollups count the requests, tokens and errors (no message: none is stored),
+    recounted from mes_uncaptured; deleting the conversation leaves nothing."""
     storage = backend.storage()
     privacy(storage, MES_CAPTURE="none")
     events = [*two_turns("conv-none"), decoded(error("conv-none", [{"role": "user", "content": SECRET}]))]
@@ -379,9 +379,8 @@ def test_none_keeps_no_message_row_only_counts_and_the_rollups_equal_a_recount(b
         found(storage, "launch code") == [] and found(storage, "丁香") == [] and found(storage, EMAIL) == []
     )
     conv = HistoryReader(storage).get_conversation("conv-none", user_id=1)
-    # the first request stored its message and answer, the second its 2 new ones and answer
-    assert conv is not None and conv["message_count"] == 4 and conv["title"] == ""
-    assert conv["total_tokens"] == 60 and conv["error_count"] == 1
+    assert conv is not None and conv["message_count"] == 0 and conv["title"] == "" and conv["models"] == {}
+    assert conv["request_count"] == 2 and conv["total_tokens"] == 60 and conv["error_count"] == 1
     assert_consistent(storage)
     from mes.storage.delete import delete_conversation
 
@@ -420,7 +419,35 @@ def test_none_and_full_in_one_conversation_stay_exact_through_drop_archive_resto
     restored = restore_archive(storage, path)
     assert restored["uncaptured"] == 2
     assert_consistent(storage)
-    assert HistoryReader(storage).get_conversation("mixed", user_id=9)["message_count"] == 6
+    assert HistoryReader(storage).get_conversation("mixed", user_id=9)["message_count"] == 0
+    assert HistoryReader(storage).get_conversation("mixed", user_id=9)["request_count"] == 3
+
+
+@pytest.mark.parametrize("prefix", [False, True])
+def test_a_full_request_after_a_none_one_stores_what_it_sends_once_however_it_is_matched(backend, prefix):
+    """A request kept in full that re-sends what a none request sent stores those messages
+    as its own, once, whether it starts with the conversation's tail or not (a system
+    prompt put in front, in a later batch: the transcript is read), and the counters
+    equal the rows."""
+    storage = backend.storage()
+    privacy(storage)
+    first = [{"role": "user", "content": "asked in private"}]
+    storage.writer.write([decoded(chat("n-then-f", first, "answered in private", capture="none"))])
+    assert found(storage, "in private") == []
+    again = [
+        *first,
+        {"role": "assistant", "content": "answered in private"},
+        {"role": "user", "content": "next"},
+    ]
+    if prefix:
+        again = [{"role": "system", "content": "be brief"}, *again]
+    storage.writer.write([decoded(chat("n-then-f", again, "done", ms=BASE_MS + 60_000))])
+    messages = HistoryReader(storage).get_conversation_messages("n-then-f", user_id=1)
+    assert messages is not None
+    assert [m["content"] for m in messages] == [m["content"] for m in again] + ["done"]
+    conv = HistoryReader(storage).get_conversation("n-then-f", user_id=1)
+    assert conv["message_count"] == len(again) + 1 and conv["request_count"] == 2
+    assert_consistent(storage)
 
 
 def _dead(storage: Storage) -> list[tuple[bytes, str]]:
@@ -474,7 +501,8 @@ def test_content_retention_stops_when_its_time_is_up_and_goes_on_from_there(back
                           for i in range(12)])  # fmt: skip
     first = expire_content(storage, 30, batch=5, seconds=0)
     assert not first.finished and sum(first.rows.values()) == 5
-    assert len(found(storage, "launch code")) == 9  # rows: a question, its answer, ...: 3 questions erased
+    # rows go a question, its answer, ...: 3 of 12 questions erased; the 12 titles go once the rows have
+    assert len(found(storage, "launch code")) == 9 + 12
     passes = [first]
     while not passes[-1].finished:
         passes.append(expire_content(storage, 30, batch=5, seconds=0))

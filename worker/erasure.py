@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from mes.log import get_logger
 from mes.producer.spool import Spool
@@ -49,13 +49,25 @@ def erase(
     progress: Progress | None = None,
 ) -> ErasureReport:
     """Erase ``user_id`` from the database, then from the queue (``redis``, ``queue_name``)
-    and ``spool_dir`` when given; the marker is finished with the whole report."""
+    and ``spool_dir`` when given; the marker is finished with the whole report. What
+    cannot be cleaned now (Redis down, a disk that refuses) is said in ``report.left``:
+    the writers still drop those events when they arrive (the marker)."""
     report = erase_user(storage, user_id, dry_run=dry_run, progress=progress)
-    drop = events_of(user_id, None if dry_run else report.before_ms)
+    # Every event of the user waiting now is from before the erasure, whatever time its
+    # gateway's clock gave it: not only those the marker's time would catch.
+    drop = events_of(user_id, None)
     if redis is not None and queue_name is not None:
-        report.queued_events = _scrub_queue(redis, Keys(queue_name), drop, dry_run=dry_run)
+        try:
+            report.queued_events = _scrub_queue(redis, Keys(queue_name), drop, dry_run=dry_run)
+        except RedisError as exc:
+            report.left.append(f"the queue was not cleaned (Redis: {type(exc).__name__})")
+            log.warning("erasure_queue_left", user_id=user_id, error=str(exc)[:200])
     if spool_dir is not None:
-        report.spool_events = _scrub_spool(Spool(spool_dir), drop, dry_run=dry_run)
+        try:
+            report.spool_events = _scrub_spool(Spool(spool_dir), drop, dry_run=dry_run)
+        except OSError as exc:
+            report.left.append(f"the spool folder was not cleaned ({exc.strerror or type(exc).__name__})")
+            log.warning("erasure_spool_left", user_id=user_id, error=str(exc)[:200])
     if not dry_run:
         finish(storage, report)
     return report

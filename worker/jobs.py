@@ -103,6 +103,7 @@ def write_batch_with(ctx: WorkerContext, batch_id: str) -> dict[str, Any]:
         dead_lettered=result.dead_lettered,
         attempts=result.attempts,
         deferred=result.deferred,
+        erased=result.erased,
         ms=ms,
         fetch_ms=round((t_fetched - started) * 1000, 1),
         decode_ms=round((t_decoded - t_fetched) * 1000, 1),

@@ -162,6 +162,9 @@ class Erasure(_Closed):
     stray_rows: int
     spool_events: int = Field(description="removed from this server's spool folder")
     queued_events: int = Field(description="removed from the batches waiting in Redis")
+    left: list[str] = Field(
+        description="what could not be cleaned now (the workers drop those events on arrival)"
+    )
 
 
 class Stats(_Closed):

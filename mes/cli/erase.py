@@ -63,5 +63,7 @@ def erase(user_id: int, dry_run: bool, spool_dir: str | None) -> None:
         click.echo(f"  {done[key]:>10}  {label}")
     if redis is None:
         click.echo("  (REDIS_CONN_STRING is not set: no queue to clean)")
+    for line in report.left:
+        click.echo(f"  left: {line}; the workers drop those events when they arrive")
     if not dry_run:
         click.echo("events of this user from before now that arrive later are not stored")

@@ -135,6 +135,21 @@ class Bulk:
         """A shared row lock: other readers share it, a writer of the row waits for them."""
         return " FOR SHARE"
 
+    # -- the write gate (``storage.erase``) --------------------------------------------
+    def gate(self, cur: Any) -> int:
+        """The write gate's count, read under a shared lock this transaction holds to its
+        end: an erasure's ``close_gate`` waits for it, and holds new ones back."""
+        q = self.q
+        cur.execute(
+            f"SELECT {q('erasures')} FROM {q('mes_write_gate')} WHERE {q('id')} = 1{self.share_suffix()}"
+        )
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def close_gate(self, conn: Any) -> None:
+        """In an erasure's transaction (a SQLAlchemy connection), before it updates the gate
+        row: what makes it wait for the batches under way (here: the update's own row lock)."""
+
     def by_key(self) -> str:
         """What follows a table's name to make a locking read go by its primary key."""
         return ""
@@ -304,6 +319,21 @@ _NULL = _Null()
 
 
 class PostgresBulk(Bulk):
+    # The write gate as an advisory lock (two keys: apart from the claims' one-key locks):
+    # a shared one takes no row lock, so no batch writes to the gate row, and PostgreSQL
+    # queues a new shared request behind a waiting exclusive one (no erasure starves).
+    _GATE = "7169627, 1"  # "mes" in ASCII, and 1
+
+    def gate(self, cur: Any) -> int:
+        cur.execute(f"SELECT pg_advisory_xact_lock_shared({self._GATE})")
+        cur.execute('SELECT "erasures" FROM "mes_write_gate" WHERE "id" = 1')
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def close_gate(self, conn: Any) -> None:
+        conn.exec_driver_sql("SET LOCAL lock_timeout = '60s'")  # batches under way finish in less
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({self._GATE})")
+
     def claim(self, cur: Any, keys: Sequence[tuple[str, int]], *, wait: bool = False) -> set[tuple[str, int]]:
         # Transaction-level advisory locks: they go with the commit or the rollback.
         if not keys:

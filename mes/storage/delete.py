@@ -8,9 +8,10 @@ row. The event ledger is kept: replaying an old job cannot bring the conversatio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, Table, delete, select
 
 from mes.days import day_int
 from mes.storage.backends import backend_for
@@ -20,7 +21,9 @@ from mes.storage.rows import KIND_CHAT
 if TYPE_CHECKING:
     from mes.storage import Storage
 
-__all__ = ["delete_conversation", "delete_conversation_rows"]
+__all__ = ["KINDS", "delete_conversation", "delete_conversation_rows", "delete_counted"]
+
+KINDS = ("chat", "error", "uncaptured")  # the history tables that count toward the rollups
 
 
 def delete_conversation(storage: Storage, user_id: int, conversation_id: str) -> bool:
@@ -49,41 +52,44 @@ def delete_conversation_rows(
         days = [int(d) for d in conv.days.split(",") if d]
         gone = Tally(calendar)  # what the rows contributed
         gone.rollup.conversation(user_id, day_int(calendar.day_of(conv.first_at_ms)), conv.first_model)
-        chat_rows = error_rows = counted = 0
-        for table in catalog.history_tables(days, "chat"):
-            c = table.c
-            mine = (c.conversation_id == conversation_id, c.user_id == user_id)
-            cols = (
-                c.model_name,
-                c.created_at_ms,
-                c.event_id,
-                c.prompt_tokens,
-                c.completion_tokens,
-                c.total_tokens,
-            )
-            for model, ms, eid, p, comp, t in conn.execute(select(*cols).where(*mine)):
-                gone.chat(user_id, model, ms, eid, (p, comp, t))
-                chat_rows += 1
-            conn.execute(delete(table).where(*mine))
-        for table in catalog.history_tables(days, "error"):
-            c = table.c
-            mine = (c.conversation_id == conversation_id, c.user_id == user_id)
-            for model, ms, eid in conn.execute(
-                select(c.model_name, c.created_at_ms, c.event_id).where(*mine)
-            ):
-                gone.error(user_id, model, ms, eid)
-                error_rows += 1
-            conn.execute(delete(table).where(*mine))
-        for table in catalog.history_tables(days, "uncaptured"):  # events kept as counts only
-            c = table.c
-            mine = (c.conversation_id == conversation_id, c.user_id == user_id)
-            for row in conn.execute(select(table).where(*mine)):
-                tokens = (row.prompt_tokens, row.completion_tokens, row.total_tokens)
-                gone.counted(
-                    user_id, row.model_name, row.created_at_ms, row.kind == KIND_CHAT, row.messages, tokens
+        deleted = {}
+        for kind in KINDS:
+            n = 0
+            for table in catalog.history_tables(days, kind):
+                c = table.c
+                n += delete_counted(
+                    conn, table, kind, gone, (c.conversation_id == conversation_id, c.user_id == user_id)
                 )
-                counted += 1
-            conn.execute(delete(table).where(*mine))
+            deleted[kind] = n
         apply_rollup(conn, catalog.daily_stats, gone.rollup.negated())
         conn.execute(delete(conv_t).where(*lock))
-    return chat_rows, error_rows, counted
+    return deleted["chat"], deleted["error"], deleted["uncaptured"]
+
+
+def delete_counted(conn: Connection, table: Table, kind: str, gone: Tally, where: Sequence[Any]) -> int:
+    """Delete the rows of ``table`` (a history table of ``kind``: chat, error or uncaptured)
+    that ``where`` picks, adding what they counted to ``gone``; returns how many. The user
+    is each row's own."""
+    c = table.c
+    n = 0
+    if kind == "chat":
+        cols = (c.user_id, c.model_name, c.created_at_ms, c.event_id, c.prompt_tokens, c.completion_tokens,
+                c.total_tokens)  # fmt: skip
+        for uid, model, ms, eid, p, comp, t in conn.execute(select(*cols).where(*where)):
+            gone.chat(uid, model, ms, eid, (p, comp, t))
+            n += 1
+    elif kind == "error":
+        for uid, model, ms, eid in conn.execute(
+            select(c.user_id, c.model_name, c.created_at_ms, c.event_id).where(*where)
+        ):
+            gone.error(uid, model, ms, eid)
+            n += 1
+    else:  # events kept as counts only (MES_CAPTURE=none)
+        cols = (c.user_id, c.model_name, c.created_at_ms, c.kind, c.prompt_tokens, c.completion_tokens,
+                c.total_tokens)  # fmt: skip
+        for uid, model, ms, event_kind, p, comp, t in conn.execute(select(*cols).where(*where)):
+            gone.counted(uid, model, ms, event_kind == KIND_CHAT, (p, comp, t))
+            n += 1
+    if n:
+        conn.execute(delete(table).where(*where))
+    return n

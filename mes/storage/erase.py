@@ -10,21 +10,23 @@ is resumed by running it again):
    happened before it is not stored, whenever it arrives (still in the queue, in a
    producer's spool, a replayed failed job or dead letter, a restored archive). Events
    after it are stored as usual: erasure is not a ban.
-2. **Conversations.** Each of the user's conversations in the index is deleted as
-   ``delete_conversation`` does (its rows in every day it spans, its index row, what it
-   contributed to the rollups, in one transaction each): the rollups stay equal to a
-   recount at every step, so an interrupted erasure leaves nothing inconsistent.
-3. **A sweep.** Every history and error table is read for rows of the user that no
-   indexed conversation reached (there should be none: ``stray_rows`` says if there
-   were); they are deleted by id. The chat tables have no index on the user, so this
-   reads each table once: the cost of an erasure grows with the history kept.
-4. **Rollups** left for the user (none, unless a sweep found strays) are deleted.
-5. **Dead letters** whose payload is an event of the user (read as JSON, else searched
+2. **Conversations.** Each of the user's conversations in the index loses its rows from
+   before the marker in every day it spans (every row, unless the user went on with it
+   since), and what they added to the rollups; its index row is recounted from what is
+   left (title and tail forgotten) or removed; one transaction each, so the rollups equal
+   a recount at every step and an interrupted erasure leaves nothing inconsistent.
+3. **A sweep.** Every history, error and counts table is read for rows of the user from
+   before the marker that no indexed conversation reached (there should be none:
+   ``stray_rows`` says if there were); they go with what they added to the rollups. The
+   chat tables have no index on the user, so this reads each table once: the cost of an
+   erasure grows with the history kept.
+4. **Dead letters** whose payload is an event of the user (read as JSON, else searched
    for ``"user_id": N``) are deleted.
 
-Kept: the event ledger (event ids and kinds only: it is what stops a replay from
-bringing an event back), the audit trail (``mes_audit``: who erased whom, when, with the
-report; no content), and the marker itself, with the last report.
+What the user does after the marker is stored and kept as usual. Kept as well: the event
+ledger (event ids and kinds only: it is what stops a replay from bringing an event back),
+the audit trail (``mes_audit``: who erased whom, when, from where; no content), and the
+marker itself, with the last report.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ import orjson
 from sqlalchemy import Table, delete, func, insert, select, update
 
 from mes.log import get_logger
-from mes.storage.delete import delete_conversation_rows
-from mes.storage.rollup import forget_user
-from mes.storage.tables import CHAT_BASE, ERROR_BASE
+from mes.storage.backends import backend_for
+from mes.storage.delete import KINDS, delete_counted
+from mes.storage.rollup import ConversationState, Tally, apply_rollup, rewrite_conversations
+from mes.storage.tables import CHAT_BASE, ERROR_BASE, UNCAPTURED_BASE
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -71,12 +74,10 @@ class ErasureReport:
     stray_rows: int = 0  # rows no indexed conversation reached (found by the sweep)
     spool_events: int = 0  # filled in by the caller that owns a spool folder
     queued_events: int = 0  # ... and by the one that reaches the queue
-    extra: dict[str, int] = dataclasses.field(default_factory=dict)
+    left: list[str] = dataclasses.field(default_factory=list)  # what could not be cleaned now
 
     def as_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out.update(out.pop("extra"))
-        return out
+        return dataclasses.asdict(self)
 
 
 Progress = Callable[[str, int], None]  # (step, items done in it)
@@ -93,9 +94,9 @@ def erase_user(
         return _count(storage, report)
     report.resumed, report.before_ms = _mark(storage, user_id)
     log.info("erasure_started", user_id=user_id, resumed=report.resumed, before_ms=report.before_ms)
-    report.stats_rows = _stats_rows(storage, user_id)
+    stats_before = _stats_rows(storage, user_id)
     for cid in _conversations(storage, user_id):
-        gone = delete_conversation_rows(storage, user_id, cid)
+        gone = _erase_conversation(storage, user_id, cid, report.before_ms)
         if gone is not None:
             report.conversations += 1
             report.chat_rows += gone[0]
@@ -103,10 +104,9 @@ def erase_user(
             report.counted_events += gone[2]
             note("conversations", report.conversations)
     for table in _history_tables(storage):
-        report.stray_rows += _sweep(storage, table, user_id)
+        report.stray_rows += _sweep(storage, table, user_id, report.before_ms)
     note("sweep", report.stray_rows)
-    with storage.engine.execution_options(mes_write=True).begin() as conn:
-        forget_user(conn, storage.catalog.daily_stats, user_id)
+    report.stats_rows = max(0, stats_before - _stats_rows(storage, user_id))
     report.dead_letters = _dead_letters(storage, user_id, remove=True)
     note("dead_letters", report.dead_letters)
     if report.stray_rows:
@@ -148,9 +148,10 @@ def _now_ms(storage: Storage) -> int:
 def _mark(storage: Storage, user_id: int) -> tuple[bool, int]:
     """Step 1: the marker, under the write gate. Returns (resumed, before_ms)."""
     gate, marks = storage.catalog.write_gate, storage.catalog.erasures
-    now = _now_ms(storage)
     engine = storage.engine.execution_options(mes_write=True)  # SQLite: BEGIN IMMEDIATE
     with engine.begin() as conn:
+        storage.writer.bulk.close_gate(conn)
+        now = _now_ms(storage)  # once the batches under way are done
         bumped = conn.execute(update(gate).where(gate.c.id == 1).values(erasures=gate.c.erasures + 1))
         if bumped.rowcount == 0:
             conn.execute(insert(gate).values(id=1, erasures=1))
@@ -202,20 +203,76 @@ def _history_tables(storage: Storage) -> list[Table]:
     return tables
 
 
-def _sweep(storage: Storage, table: Table, user_id: int) -> int:
-    """Step 3: the user's rows left in ``table``; found by a plain read (no locks on a
-    table writers are using), deleted by id."""
-    key = next(iter(table.primary_key.columns))  # id; event_id in mes_uncaptured
+def _erase_conversation(
+    storage: Storage, user_id: int, cid: str, before_ms: int
+) -> tuple[int, int, int] | None:
+    """Step 2 for one conversation, in one transaction: its rows from before ``before_ms``
+    (all of them, unless the user went on with it after the marker) go, with what they
+    added to the rollups, and its index row is recounted from what is left, its title and
+    tail (a digest of the erased turns) forgotten; or removed when nothing is left.
+    Returns the (chat, error, counted) rows deleted; None when the conversation is gone."""
+    catalog, calendar = storage.catalog, storage.calendar
+    conv_t = catalog.conversations
+    engine = storage.engine.execution_options(mes_write=True)  # SQLite: BEGIN IMMEDIATE
+    with engine.begin() as conn:
+        query = select(conv_t).where(conv_t.c.conversation_id == cid, conv_t.c.user_id == user_id)
+        if backend_for(storage.engine).locks_rows:
+            query = query.with_for_update()
+        found = conn.execute(query).first()
+        if found is None:
+            return None
+        old = ConversationState.from_row(found)
+        if old.first_at_ms >= before_ms:
+            return 0, 0, 0  # begun after the erasure: not the erased history
+        gone = Tally(calendar)
+        tables = [t for kind in KINDS for t in catalog.history_tables(old.days, kind)]
+        deleted = [_take(conn, table, gone, user_id, before_ms, cid) for table in tables]
+        apply_rollup(conn, catalog.daily_stats, gone.rollup.negated())
+        forgotten = dataclasses.replace(old, title="", tail_digest="", tail_len=0, tail_context="")
+        rewrite_conversations(conn, catalog, calendar, {old.key: forgotten}, extra_day=None,
+                              now_s=_now_ms(storage) // 1000)  # fmt: skip
+    totals = dict.fromkeys(KINDS, 0)
+    for kind, n in deleted:
+        totals[kind] += n
+    return totals["chat"], totals["error"], totals["uncaptured"]
+
+
+def _take(
+    conn: Connection, table: Table, gone: Tally, user_id: int, before_ms: int, cid: str | None
+) -> tuple[str, int]:
+    """Delete the user's rows of ``table`` from before ``before_ms`` (of conversation ``cid``;
+    None: of any, the sweep's strays), adding what they counted to ``gone``."""
+    c, kind = table.c, _kind(table)
+    mine = [c.user_id == user_id, c.created_at_ms < before_ms]
+    if cid is not None:
+        mine.append(c.conversation_id == cid)
+    return kind, delete_counted(conn, table, kind, gone, mine)
+
+
+def _kind(table: Table) -> str:
+    for kind, base in (("error", ERROR_BASE), ("uncaptured", UNCAPTURED_BASE), ("chat", CHAT_BASE)):
+        if table.name.startswith(base):
+            return kind
+    raise ValueError(table.name)
+
+
+def _sweep(storage: Storage, table: Table, user_id: int, before_ms: int) -> int:
+    """Step 3: the user's rows from before the marker still in ``table`` (no indexed
+    conversation reached them), with what they added to the rollups. Looked for by a plain
+    read first (no locks on a table writers are using)."""
+    c = table.c
     with storage.engine.connect() as conn:
-        ids = list(conn.scalars(select(key).where(table.c.user_id == user_id)))
-    if not ids:
+        left = conn.execute(
+            select(func.count()).select_from(table).where(c.user_id == user_id, c.created_at_ms < before_ms)
+        ).scalar_one()
+    if not left:
         return 0
-    engine = storage.engine.execution_options(mes_write=True)
-    for i in range(0, len(ids), _PAGE):
-        with engine.begin() as conn:
-            conn.execute(delete(table).where(key.in_(ids[i : i + _PAGE]), table.c.user_id == user_id))
-    log.info("erasure_swept", table=table.name, rows=len(ids))
-    return len(ids)
+    gone = Tally(storage.calendar)
+    with storage.engine.execution_options(mes_write=True).begin() as conn:
+        _, n = _take(conn, table, gone, user_id, before_ms, None)
+        apply_rollup(conn, storage.catalog.daily_stats, gone.rollup.negated())
+    log.info("erasure_swept", table=table.name, rows=n)
+    return n
 
 
 def _stats_rows(storage: Storage, user_id: int) -> int:
@@ -275,21 +332,22 @@ def _dead_letters(storage: Storage, user_id: int, *, remove: bool) -> int:
 
 
 def _count(storage: Storage, report: ErasureReport) -> ErasureReport:
-    """The dry run: what each step would remove."""
-    user_id = report.user_id
+    """The dry run: what each step would remove, were the marker set now."""
+    user_id, before = report.user_id, _now_ms(storage)
     conv = storage.catalog.conversations
+    totals = {"chat": 0, "error": 0, "uncaptured": 0}
     with storage.engine.connect() as conn:
-        report.conversations = _scalar(
-            conn, select(func.count()).select_from(conv).where(conv.c.user_id == user_id)
-        )
+        report.conversations = _scalar(conn, select(func.count()).select_from(conv).where(
+            conv.c.user_id == user_id, conv.c.first_at_ms < before))  # fmt: skip
         for table in _history_tables(storage):
-            n = _scalar(conn, select(func.count()).select_from(table).where(table.c.user_id == user_id))
-            if table.name.startswith(ERROR_BASE):
-                report.error_rows += n
-            elif table.name.startswith(CHAT_BASE):
-                report.chat_rows += n
-            else:
-                report.counted_events += n
+            c = table.c
+            totals[_kind(table)] += _scalar(conn, select(func.count()).select_from(table).where(
+                c.user_id == user_id, c.created_at_ms < before))  # fmt: skip
+    report.chat_rows, report.error_rows, report.counted_events = (
+        totals["chat"],
+        totals["error"],
+        totals["uncaptured"],
+    )
     report.stats_rows = _stats_rows(storage, user_id)
     report.dead_letters = _dead_letters(storage, user_id, remove=False)
     return report

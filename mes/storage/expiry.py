@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 
+from mes.days import day_int
 from mes.log import get_logger
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ __all__ = ["EXPIRED", "ExpiryPass", "expire_content", "forget_expired"]
 log = get_logger("mes.expiry")
 
 EXPIRED = "content_expired"
+# The row of mes_content_expired that says before which day (``last_id``, 20260115) the
+# conversations' titles are cleared.
+_TITLES = "mes_conversations"
 # What ``other`` keeps once the content is gone: MES's own notes on the request.
 _KEPT = ("request_id", "metadata", "response", "redacted")
 
@@ -134,31 +138,38 @@ def expire_content(
             count, last, result.finished = _expire_table(storage, table, after, batch, deadline)
             if table.name in done and last == after:
                 continue  # nothing new since the last pass
-            with storage.engine.begin() as conn:
-                record = {"last_id": last, "rows": before + count, "expired_at": int(time.time())}
-                if table.name in done:
-                    conn.execute(update(marker).where(marker.c.table_name == table.name).values(record))
-                else:
-                    conn.execute(insert(marker).values(table_name=table.name, **record))
+            _record(storage, table.name, done, last, before + count)
             if count:
                 erased[table.name] = count
                 log.info("content_expired", table=table.name, day=day.isoformat(), rows=count,
                          finished=result.finished)  # fmt: skip
-    if erased:
-        _untitle(storage, cutoff, batch)
+    titled, _ = done.get(_TITLES, (0, 0))
+    if result.finished and (erased or titled < day_int(cutoff)):
+        cleared, result.finished = _untitle(storage, cutoff, batch, deadline)
+        if result.finished:
+            _record(storage, _TITLES, done, day_int(cutoff), done.get(_TITLES, (0, 0))[1] + cleared)
     return result
 
 
-def _untitle(storage: Storage, cutoff: dt.date, batch: int) -> None:
+def _record(storage: Storage, name: str, done: dict[str, tuple[int, int]], last: int, rows: int) -> None:
+    """How far ``name`` is erased, in ``mes_content_expired``."""
+    marker = storage.catalog.content_expired
+    record = {"last_id": last, "rows": rows, "expired_at": int(time.time())}
+    with storage.engine.begin() as conn:
+        if name in done:
+            conn.execute(update(marker).where(marker.c.table_name == name).values(record))
+        else:
+            conn.execute(insert(marker).values(table_name=name, **record))
+    done[name] = (last, rows)
+
+
+def _untitle(storage: Storage, cutoff: dt.date, batch: int, deadline: float | None) -> tuple[int, bool]:
     """Conversations that started before ``cutoff`` lose their title (their first message's
-    text): found by a plain read, then rewritten by key, ``batch`` per transaction (no
-    statement locks the index rows of every conversation at once)."""
+    text), ``batch`` at a time: found by a plain read, rewritten by key (no statement locks
+    the index rows of every conversation at once), until none is left or ``deadline``.
+    Returns the titles cleared and whether none is left."""
     c = storage.catalog.conversations
     first_kept = storage.calendar.start_ms(cutoff)
-    with storage.engine.connect() as conn:
-        keys = conn.execute(
-            select(c.c.conversation_id, c.c.user_id).where(c.c.first_at_ms < first_kept, c.c.title != "")
-        ).all()
     statement = (
         update(c)
         .where(
@@ -169,11 +180,21 @@ def _untitle(storage: Storage, cutoff: dt.date, batch: int) -> None:
         .values(title="")
     )
     engine = storage.engine.execution_options(mes_write=True)
-    for i in range(0, len(keys), batch):
+    cleared = 0
+    while True:
+        with storage.engine.connect() as conn:  # the ones cleared no longer match: no cursor needed
+            keys = conn.execute(
+                select(c.c.conversation_id, c.c.user_id)
+                .where(c.c.first_at_ms < first_kept, c.c.title != "")
+                .limit(batch)
+            ).all()
+        if not keys:
+            return cleared, True
         with engine.begin() as conn:
-            conn.execute(
-                statement, [{"cid": k.conversation_id, "uid": k.user_id} for k in keys[i : i + batch]]
-            )
+            conn.execute(statement, [{"cid": k.conversation_id, "uid": k.user_id} for k in keys])
+        cleared += len(keys)
+        if deadline is not None and time.monotonic() >= deadline:
+            return cleared, False
 
 
 def forget_expired(conn: Connection, storage: Storage, names: Iterable[str]) -> None:

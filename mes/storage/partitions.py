@@ -288,10 +288,12 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
     legacy = "ordinal" not in columns["chat"]  # archived before transcripts (storage.migrate)
     numbers: dict[tuple[str, int], list[int]] = {}  # legacy rows: [last ordinal, last position]
     marks = storage.catalog.erasures
-    with storage.engine.connect() as conn:  # users erased since (storage.erase): not brought back
-        erased = {int(u): int(b) for u, b in conn.execute(select(marks.c.user_id, marks.c.before_ms))}
     skipped = 0
-    with storage.engine.begin() as conn:
+    with storage.engine.execution_options(mes_write=True).begin() as conn:
+        # Users erased since the archive was made (storage.erase) are not brought back:
+        # read under the write gate, as a batch does, so an erasure cannot run in between.
+        storage.writer.bulk.gate(conn.connection.cursor())
+        erased = {int(u): int(b) for u, b in conn.execute(select(marks.c.user_id, marks.c.before_ms))}
 
         def flush(kind: str) -> None:
             if batch[kind]:
@@ -318,7 +320,7 @@ def restore_archive(storage: Storage, path: str, *, progress: Progress | None = 
                     who = (row["user_id"], row["model_name"], row["created_at_ms"], row["event_id"])
                     if kind == "uncaptured":
                         tokens = (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"])
-                        tally.counted(*who[:3], row["kind"] == KIND_CHAT, row["messages"], tokens)
+                        tally.counted(*who[:3], row["kind"] == KIND_CHAT, tokens)
                     elif kind == "chat":
                         tally.chat(
                             *who, (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"])

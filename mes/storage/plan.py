@@ -212,22 +212,22 @@ def build_plan(
         touched[ev.key] = state
         chat_rows: int | None = None
         tokens = (0, 0, 0)
-        if ev.kind == KIND_CHAT:
+        if not ev.rows_kept:
+            # Kept as what it counts only: a request (or a failed one) and its tokens. None
+            # of its messages is stored, or counted as stored, or taken into the
+            # conversation's tail: a later request that sends them again stores them at
+            # its own level, once, whichever way it is matched.
+            if ev.kind == KIND_CHAT:
+                chat_rows, tokens = 0, _usage_tokens((ev.raw.get("response") or {}).get("usage"))
+            plan.uncaptured_rows.setdefault(ev.day, []).append(
+                UncapturedRow(ev.event_id, ev.kind, ev.user_id, ev.conversation_id, ev.model, ev.ms, *tokens)
+            )
+        elif ev.kind == KIND_CHAT:
             rows, tokens = _chat_rows(ev, state, matcher, now_s, claim)
             chat_rows = len(rows)
-            if ev.rows_kept:
-                plan.chat_rows.setdefault(ev.day, []).extend(rows)
+            plan.chat_rows.setdefault(ev.day, []).extend(rows)
         else:
-            errors = _error_rows(ev, state, matcher)
-            if ev.rows_kept:
-                plan.error_rows.setdefault(ev.day, []).extend(errors)
-        if not ev.rows_kept:
-            # Planned like any event (its messages take their place in the conversation, so
-            # a later request re-sending them stores them no more than it would have), but
-            # only its counts are written.
-            plan.uncaptured_rows.setdefault(ev.day, []).append(UncapturedRow(
-                ev.event_id, ev.kind, ev.user_id, ev.conversation_id, ev.model, ev.ms, chat_rows or 0, *tokens,
-            ))  # fmt: skip
+            plan.error_rows.setdefault(ev.day, []).extend(_error_rows(ev, state, matcher))
         plan.ledger_rows.setdefault(ev.day, []).append(LedgerRow(ev.event_id, ev.kind, now_s))
         advance(state, plan.rollup, calendar, ms=ev.ms, model=ev.model,
                 messages=ev.messages if ev.content_kept else (), chat_rows=chat_rows, tokens=tokens)  # fmt: skip
@@ -382,7 +382,6 @@ def _chat_rows(
             and follow.digest == digest
             and not follow.is_response
             and not follow.planned
-            and ev.rows_kept  # an answer kept as a count takes over no stored row
         ):
             claim(ev, state, follow)
             claimed = mid = follow.message_id

@@ -39,7 +39,6 @@ __all__ = [
     "Tally",
     "advance",
     "apply_rollup",
-    "forget_user",
     "conversation_title",
     "forget_day",
     "recount_conversation",
@@ -139,13 +138,11 @@ class Tally:
             self.error_events.add((key, event_id))
             self.rollup.error(*key)
 
-    def counted(
-        self, user_id: int, model: str, ms: int, is_chat: bool, messages: int, tokens: Tokens
-    ) -> None:
-        """A row of ``mes_uncaptured``: one event, kept as its counts (one row per event)."""
+    def counted(self, user_id: int, model: str, ms: int, is_chat: bool, tokens: Tokens) -> None:
+        """A row of ``mes_uncaptured``: one event, kept as its counts (no message)."""
         key = (user_id, day_int(self.calendar.day_of(ms)), model)
         if is_chat:
-            self.rollup.request(*key, messages, tokens)
+            self.rollup.request(*key, 0, tokens)
         else:
             self.rollup.error(*key)
 
@@ -170,12 +167,6 @@ def forget_day(conn: Connection, stats: Table, day: int) -> None:
     """A dropped day's rollups go whole (its conversations are then rewritten by
     :func:`rewrite_conversations`, which moves their "conversations" counts)."""
     conn.execute(delete(stats).where(stats.c.day == day))
-
-
-def forget_user(conn: Connection, stats: Table, user_id: int) -> int:
-    """An erased user's rollups (``storage.erase``) go whole, once their conversations
-    have: what is left is what rows no conversation reached had added. Returns the rows."""
-    return int(conn.execute(delete(stats).where(stats.c.user_id == user_id)).rowcount or 0)
 
 
 # -- conversations ---------------------------------------------------------------------
@@ -305,7 +296,8 @@ def advance(
     else:
         state.event_count += 1
         state.message_count += chat_rows
-        state.models[model] = state.models.get(model, 0) + chat_rows
+        if chat_rows:  # (a request kept as counts only stores none: MES_CAPTURE=none)
+            state.models[model] = state.models.get(model, 0) + chat_rows
         state.prompt_tokens += tokens[0]
         state.completion_tokens += tokens[1]
         state.total_tokens += tokens[2]
@@ -393,9 +385,6 @@ def recount_conversation(
                 error_events.add(row.event_id)
                 continue
             chat_events.add(row.event_id)
-            state.message_count += row.messages
-            if row.messages:
-                state.models[model] = state.models.get(model, 0) + row.messages
             state.prompt_tokens += row.prompt_tokens
             state.completion_tokens += row.completion_tokens
             state.total_tokens += row.total_tokens

@@ -125,7 +125,6 @@ class UncapturedRow(NamedTuple):
     conversation_id: str
     model_name: str
     created_at_ms: int
-    messages: int
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int

@@ -13,8 +13,8 @@ the same names (MES writes to tables it created itself: the columns below are ME
 * ``mes_event_ledger[_YYYY_MM_DD]``: one row per applied event id: exactly-once. It is
   partitioned like the history, so an event's ledger row is dropped with its day.
 * ``mes_uncaptured[_YYYY_MM_DD]``: one row per event stored under ``MES_CAPTURE=none``: no
-  message, only what it counted (messages, tokens) and where (user, conversation, model,
-  time), which the index and rollups are recounted from. Made for a day when such an event
+  message, only what it counts (a request, its tokens) and where (user, conversation,
+  model, time), which the index and rollups are recounted from. Made for a day when such an event
   first lands on it.
 
 And, not partitioned:
@@ -199,8 +199,8 @@ def ledger_table(name: str, metadata: MetaData, ids: str | None = None) -> Table
 
 
 def uncaptured_table(name: str, metadata: MetaData, ids: str | None = None) -> Table:
-    """An event the capture policy keeps nothing of (``none``) but its counts: ``messages``
-    is the number of chat rows it would have stored (0 for a failed request, ``kind`` 2)."""
+    """An event the capture policy keeps nothing of (``none``) but what it counts: a request
+    (``kind`` 1) and its tokens, or a failed request (``kind`` 2). No message."""
     return mes_table(
         name,
         metadata,
@@ -210,7 +210,6 @@ def uncaptured_table(name: str, metadata: MetaData, ids: str | None = None) -> T
         Column("conversation_id", exact_string(ID_LEN, ids), nullable=False),
         Column("model_name", exact_string(ID_LEN, ids), nullable=False, default=""),
         Column("created_at_ms", BigInteger, nullable=False),
-        Column("messages", Integer, nullable=False, default=0),
         Column("prompt_tokens", Integer, nullable=False, default=0),
         Column("completion_tokens", Integer, nullable=False, default=0),
         Column("total_tokens", Integer, nullable=False, default=0),

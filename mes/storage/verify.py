@@ -100,8 +100,9 @@ def recount(catalog: Catalog, calendar: Any) -> Recount:
                     stat_errors[(uid, day, model)].add(eid)
                     error_events[key].add(eid)
         for table in _uncaptured_tables(catalog):
-            cols = "conversation_id, user_id, model_name, event_id, created_at_ms, kind, messages, " + tokens
-            for cid, uid, model, eid, ms, kind, n, p, c, t in conn.execute(
+            cols = "conversation_id, user_id, model_name, event_id, created_at_ms, kind, prompt_tokens, "
+            cols += "completion_tokens, total_tokens"
+            for cid, uid, model, eid, ms, kind, p, c, t in conn.execute(
                 text(f"SELECT {cols} FROM {q(table)}")
             ):
                 key, day = (cid, uid), day_int(calendar.day_of(ms))
@@ -110,16 +111,12 @@ def recount(catalog: Catalog, calendar: Any) -> Recount:
                     stat_errors[(uid, day, model)].add(eid)
                     error_events[key].add(eid)
                     continue
-                s = stats[(uid, day, model)]
-                s["messages"] += n
+                s = stats[(uid, day, model)]  # a request and its tokens: no message
                 s["prompt_tokens"] += p
                 s["completion_tokens"] += c
                 s["total_tokens"] += t
                 stat_events[(uid, day, model)].add(eid)
                 chat_events[key].add(eid)
-                conv["message_count"] += n
-                if n:
-                    conv["models"][model] += n
                 conv["prompt_tokens"] += p
                 conv["completion_tokens"] += c
                 conv["total_tokens"] += t

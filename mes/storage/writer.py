@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import gc
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -493,11 +494,7 @@ class BatchWriter:
         gate waits for it, and a transaction begun after the erasure sees its marker. The
         markers are read again only when the gate's count has moved."""
         q = self.bulk.q
-        cur.execute(
-            f"SELECT {q('erasures')} FROM {q('mes_write_gate')} WHERE {q('id')} = 1{self.bulk.share_suffix()}"
-        )
-        row = cur.fetchone()
-        count = int(row[0]) if row else 0
+        count = self.bulk.gate(cur)
         seen, erased = self._gate
         if count != seen:
             cur.execute(f"SELECT {q('user_id')}, {q('before_ms')} FROM {q('mes_erasures')}")
@@ -581,13 +578,18 @@ def _serialized(event: Mapping[str, Any]) -> bytes:
         return repr(event).encode("utf-8", "replace")
 
 
+_USER_ID = re.compile(rb'"user_id"\s*:\s*([0-9]{1,10})(?![0-9.eE])')
+
+
 def _of_erased(payload: bytes, erasures: Mapping[int, int]) -> bool:
     """Whether a dead letter's payload is an event of an erased user from before the
-    erasure (one without a readable time counts as before)."""
+    erasure (one without a readable time counts as before; bytes that are not JSON are
+    the user's when they say ``"user_id": N``)."""
     try:
         event = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return False
+        found = _USER_ID.search(payload)
+        return found is not None and int(found[1]) in erasures
     if not isinstance(event, dict):
         return False
     user, at = event.get("user_id"), event.get("occurred_at")

@@ -45,8 +45,10 @@ def router() -> APIRouter:
         svc = services_of(request)
         uid = scope_user(caller, user_id)
         assert uid is not None
-        if not dry_run:  # recorded before it happens, as every audited call (routes.audit)
-            record_access(request, caller, uid, action="erase", resource="user")
+        # recorded before it happens, as every audited call (routes.audit); a dry run of
+        # another user reads their counts
+        record_access(request, caller, uid, action="read" if dry_run else "erase", resource="user",
+                      detail={"dry_run": True} if dry_run else None)  # fmt: skip
         report = erase(
             svc.reader.storage,
             uid,
@@ -59,9 +61,7 @@ def router() -> APIRouter:
             log.info(
                 "user_erased", user_id=uid, by=caller.user_id, via=caller.via, **_counts(report.as_dict())
             )
-        out = report.as_dict()
-        out.pop("extra", None)
-        return {"object": "erasure", **out}
+        return {"object": "erasure", **report.as_dict()}
 
     return users
 
