@@ -242,6 +242,8 @@ def test_mes_erase_command_dry_run_then_erase(backend, tmp_path):
     with storage.engine.connect() as conn:
         entries = conn.execute(select(storage.catalog.audit)).all()
     assert [(e.actor, e.action, e.target_user_id) for e in entries] == [("cli", "erase", 5)]
+    verified = runner.invoke(cli, ["verify"], env=env)
+    assert verified.exit_code == 0, verified.output
     assert_consistent(storage)
 
 
