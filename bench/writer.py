@@ -336,6 +336,69 @@ def bench_redaction(
     return statistics.median(figures[False]), statistics.median(figures[True])
 
 
+def make_history(chats: int, turns: int, seed: int = 11) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``chats`` conversations whose first request sends ``turns`` messages (a system
+    prompt, then user and assistant turns), and for each the next request: the same
+    ``turns`` messages re-sent, the first answer, a new question. The first requests are
+    written before the clock starts; the second ones are timed: each stores two new rows
+    (the question and its answer) whatever ``turns`` is, as an agent's next call does."""
+    rng = random.Random(seed + turns)
+    first: list[dict[str, Any]] = []
+    second: list[dict[str, Any]] = []
+    ms = BASE_MS
+    for n in range(chats):
+        cid = f"hist-{turns}-{n}"
+        history: list[dict[str, Any]] = [{"role": "system", "content": "You are a coding agent."}]
+        while len(history) < turns:
+            role = "user" if len(history) % 2 else "assistant"
+            history.append({"role": role, "content": text_of(rng, rng.randint(10, 40))})
+        answer = text_of(rng, rng.randint(10, 40))
+        for messages, reply in (
+            (history, answer),
+            (
+                [
+                    *history,
+                    {"role": "assistant", "content": answer},
+                    {"role": "user", "content": text_of(rng, 12)},
+                ],
+                "done",
+            ),
+        ):
+            ms += 1
+            event = {
+                "schema_version": 1, "kind": "chat", "event_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+                "occurred_at": ms, "conversation_id": cid, "model_name": "gpt-4o", "user_id": 1 + n % 50,
+                "token_id": 1, "channel_id": 1, "messages": messages,
+                "response": {"id": "", "object": "chat.completion", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 50, "completion_tokens": 80, "total_tokens": 130}},
+            }  # fmt: skip
+            (first if reply is answer else second).append(orjson.loads(orjson.dumps(event)))
+    return first, second
+
+
+def bench_turns(backend: str, args: argparse.Namespace, lengths: list[int]) -> dict[int, float]:
+    """Median µs per timed event at each history length, the lengths interleaved in each
+    repetition (1, 10, 50, 150, then again) so that a machine getting busier weighs on all."""
+    target = Target(backend, args.mysql, args.postgres, tempfile.mkdtemp(prefix="mes-bench-turns-"))
+    figures: dict[int, list[float]] = {n: [] for n in lengths}
+    events = {n: make_history(args.events, n) for n in lengths}
+    for _ in range(args.repeat):
+        for n in lengths:
+            first, second = (orjson.loads(orjson.dumps(e)) for e in events[n])  # fresh objects each run
+            storage = target.storage()
+            storage.catalog.ensure_days({storage.calendar.day_of(ev["occurred_at"]) for ev in first + second})
+            for i in range(0, len(first), args.batch):
+                storage.writer.write(first[i : i + args.batch])
+            start = time.perf_counter()
+            for i in range(0, len(second), args.batch):
+                storage.writer.write(second[i : i + args.batch])
+            figures[n].append((time.perf_counter() - start) * 1e6 / len(second))
+            storage.close()
+    target.reset()
+    return {n: statistics.median(v) for n, v in figures.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -356,12 +419,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also the writer with MES_REDACT=default against off (target: 75 %%)",
     )
+    parser.add_argument(
+        "--turns",
+        default=None,
+        help="instead: µs per event by the length of the re-sent history, e.g. 1,10,50,150 "
+        "(--events chats per length; target: the longest ≤ 2x the shortest)",
+    )
     parser.add_argument("--mysql", default=f"root:@tcp(127.0.0.1:3306)/{DB}")
     parser.add_argument("--postgres", default=f"postgres://postgres@127.0.0.1:5432/{DB}")
     args = parser.parse_args(argv)
     configure_logging(level=logging.WARNING)
-    events = make_events(args.events, active=args.active)
     backends = ["mysql", "postgresql", "sqlite"] if args.backend == "all" else [args.backend]
+    if args.turns:
+        return turns_report(args, backends, [int(n) for n in args.turns.split(",")])
+    events = make_events(args.events, active=args.active)
     print(
         f"{len(events)} events, {args.active} chat(s) under way at once, batches of {args.batch},"
         f" median of {args.repeat}; message rows per second"
@@ -397,6 +468,20 @@ def main(argv: list[str] | None = None) -> int:
             off, on = bench_redaction(backend, args, events)
             print(f"  {backend:<11} off {off:>8.0f}   on {on:>8.0f}   on / off {on / off:.0%}"
                   f"   (target 75 %: {'met' if on >= 0.75 * off else 'NOT met'})")  # fmt: skip
+    return 0 if ok else 1
+
+
+def turns_report(args: argparse.Namespace, backends: list[str], lengths: list[int]) -> int:
+    print(f"µs per event by the length of the re-sent history: {args.events} chats per length, whose"
+          f" first request is written before the clock; batches of {args.batch}; median of {args.repeat}")  # fmt: skip
+    print(f"{'backend':<11}" + "".join(f"{f'{n} turns':>12}" for n in lengths) + f"{'ratio':>10}")
+    ok = True
+    for backend in backends:
+        us = bench_turns(backend, args, lengths)
+        ratio = us[lengths[-1]] / us[lengths[0]]
+        ok = ok and ratio <= 2
+        print(f"{backend:<11}" + "".join(f"{us[n]:>12,.0f}" for n in lengths) + f"{ratio:>9.1f}x")
+    print(f"target: {lengths[-1]} turns <= 2x {lengths[0]}:", "met" if ok else "NOT met")
     return 0 if ok else 1
 
 
