@@ -124,7 +124,7 @@ class SentinelCluster:
             raise RuntimeError(f"sentinels disagree on the primary: {sorted(seen)}")
         return seen.pop()
 
-    def wait_ready(self, primary: int, timeout: float = 30.0) -> None:
+    def wait_ready(self, primary: int, timeout: float = 90.0) -> None:
         """Every sentinel sees ``primary`` as the primary, the other node as its healthy,
         in-sync replica, and the two other sentinels (so a vote can be won)."""
         replica = next(p for p in self.node_ports if p != primary)
@@ -161,7 +161,7 @@ class SentinelCluster:
         self.wait_ready(new, timeout)
         return new
 
-    def kill_primary(self, timeout: float = 30.0, *, restart: bool = True) -> int:
+    def kill_primary(self, timeout: float = 90.0, *, restart: bool = True) -> int:
         """SIGKILL the primary; once the sentinels promoted the replica, start the killed
         node again (the sentinels make it the new primary's replica). Returns the new
         primary's port."""
