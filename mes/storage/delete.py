@@ -21,7 +21,7 @@ from mes.storage.rows import KIND_CHAT
 if TYPE_CHECKING:
     from mes.storage import Storage
 
-__all__ = ["KINDS", "delete_conversation", "delete_conversation_rows", "delete_counted"]
+__all__ = ["KINDS", "delete_conversation", "delete_counted"]
 
 KINDS = ("chat", "error", "uncaptured")  # the history tables that count toward the rollups
 
@@ -30,14 +30,6 @@ def delete_conversation(storage: Storage, user_id: int, conversation_id: str) ->
     """Delete a conversation from the history and error tables of every day it spans,
     the index and the rollups, in one transaction. False if ``user_id`` has no such
     conversation (another user's looks exactly like none). Repeating it is harmless."""
-    return delete_conversation_rows(storage, user_id, conversation_id) is not None
-
-
-def delete_conversation_rows(
-    storage: Storage, user_id: int, conversation_id: str
-) -> tuple[int, int, int] | None:
-    """``delete_conversation``, returning the rows it deleted: chat, error, and events kept
-    as counts only (``mes_uncaptured``); None for no such conversation."""
     catalog, calendar = storage.catalog, storage.calendar
     conv_t = catalog.conversations
     lock = conv_t.c.conversation_id == conversation_id, conv_t.c.user_id == user_id
@@ -48,22 +40,19 @@ def delete_conversation_rows(
             query = query.with_for_update()
         conv = conn.execute(query).first()
         if conv is None:
-            return None
+            return False
         days = [int(d) for d in conv.days.split(",") if d]
         gone = Tally(calendar)  # what the rows contributed
         gone.rollup.conversation(user_id, day_int(calendar.day_of(conv.first_at_ms)), conv.first_model)
-        deleted = {}
         for kind in KINDS:
-            n = 0
             for table in catalog.history_tables(days, kind):
                 c = table.c
-                n += delete_counted(
+                delete_counted(
                     conn, table, kind, gone, (c.conversation_id == conversation_id, c.user_id == user_id)
                 )
-            deleted[kind] = n
         apply_rollup(conn, catalog.daily_stats, gone.rollup.negated())
         conn.execute(delete(conv_t).where(*lock))
-    return deleted["chat"], deleted["error"], deleted["uncaptured"]
+    return True
 
 
 def delete_counted(conn: Connection, table: Table, kind: str, gone: Tally, where: Sequence[Any]) -> int:
